@@ -1,0 +1,264 @@
+"""Lightning data module: cached frame stores -> splits -> crops and augmentation -> batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .sources import folder_store, preprocess_store, synthetic_store
+from .store import FrameStore
+from .transforms import augment_pair, random_crop_box
+
+
+class FrameDataset(Dataset):
+    """Samples of a frame store: random crops with augmentation (train) or fixed views (eval).
+
+    Each item is a dict with ``image`` (1, H, W) float32 in [0, 1], ``mask`` (H, W) int64 class
+    ids, ``labels`` (H, W) int32 instance ids and ``pixel_size_nm`` (float).
+    """
+
+    def __init__(
+        self,
+        store: FrameStore,
+        indices: Sequence[int],
+        *,
+        crop_size: int | None,
+        train: bool,
+        multiple: int = 16,
+        augment: dict[str, Any] | None = None,
+        samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.store = store
+        self.indices = list(indices)
+        self.crop_size = crop_size
+        self.train = train
+        self.multiple = multiple
+        self.augment = augment or {}
+        self.samples = samples if samples is not None else len(self.indices)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.samples if self.train else len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make training crops differ between epochs yet stay reproducible."""
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        frame_index = self.indices[i % len(self.indices)]
+        image, labels, pixel_size = self.store.frame(frame_index)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.crop_size is not None:
+            rows, cols = random_crop_box(image.shape, self.crop_size, rng) if self.train else (
+                _centre_box(image.shape, self.crop_size)
+            )
+            image, labels = image[rows, cols], labels[rows, cols]
+        # Largest window the network's pooling accepts; the remainder is cut off the far edges.
+        h = image.shape[0] // self.multiple * self.multiple
+        w = image.shape[1] // self.multiple * self.multiple
+        if h == 0 or w == 0:
+            raise ValueError(
+                f"frame {frame_index} of {self.store.root} is {image.shape}, smaller than the "
+                f"network's input multiple {self.multiple}"
+            )
+        image, labels = image[:h, :w], labels[:h, :w]
+        if self.train and self.augment:
+            image, labels = augment_pair(image, labels, rng, **self.augment)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            "mask": torch.from_numpy((labels > 0).astype(np.int64)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int32)),
+            "pixel_size_nm": pixel_size,
+        }
+
+
+def _centre_box(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
+    h, w = shape
+    top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    return slice(top, top + min(size, h)), slice(left, left + min(size, w))
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler for DDP: contiguous, disjoint shards without padding.
+
+    Lightning's default distributed sampler repeats samples to even out ranks, which changes
+    summed metrics; here every sample is seen exactly once over all ranks, so DDP metrics equal
+    single-process ones.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        if n < world_size:
+            raise ValueError(
+                f"an evaluation set of {n} frame(s) cannot be split over {world_size} DDP ranks "
+                "without repeating frames: use at least as many frames as ranks"
+            )
+        self.items = list(range(rank * n // world_size, (rank + 1) * n // world_size))
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def split_indices(
+    meta, mode: str, val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Train / validation frame indices: ``random`` (the paper's 70/30) or by ``experiment``."""
+    n = len(meta)
+    rng = np.random.default_rng(seed)
+    if mode == "random":
+        order = rng.permutation(n)
+        n_val = max(1, round(n * val_fraction))
+        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+    if mode == "experiment":
+        experiments = np.unique(meta["experiment"].to_numpy())
+        if len(experiments) < 2:
+            raise ValueError("split=experiment needs at least two experiments")
+        n_val = max(1, round(len(experiments) * val_fraction))
+        val_exp = set(rng.permutation(experiments)[:n_val].tolist())
+        is_val = meta["experiment"].isin(val_exp).to_numpy()
+        return np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist()
+    raise ValueError(f"unknown split {mode!r}; use 'random' or 'experiment'")
+
+
+class TEMDataModule(pl.LightningDataModule):
+    """Synthetic or folder frames, cached once, split, cropped, augmented and batched."""
+
+    def __init__(
+        self,
+        *,
+        source: str = "synthetic",
+        cache_dir: str | Path = ".cache/temseg",
+        labels: str = "truth",
+        n_experiments: int = 3,
+        frames_per_experiment: int = 8,
+        frame_height: int = 256,
+        frame_width: int = 256,
+        pixel_size_nm: float = 0.18,
+        dose_scale: float = 1.0,
+        images: Any = None,
+        masks: Any = None,
+        particles: str = "dark",
+        resolution: str = "crop",
+        crop_size: int | None = 128,
+        val_crop_size: int | None = None,
+        downsample_size: int = 512,
+        blur_sigma: float = 0.0,
+        split: str = "random",
+        val_fraction: float = 0.3,
+        heldout: bool = True,
+        heldout_frames: int = 4,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        samples_per_epoch: int | None = None,
+        augment: dict[str, Any] | None = None,
+        pseudo: dict[str, Any] | None = None,
+        input_multiple: int = 16,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.kw = dict(locals())
+        for key in ("self", "__class__"):
+            self.kw.pop(key, None)
+        self.cache_dir = Path(cache_dir)
+        self.train_set: FrameDataset | None = None
+        self.val_set: FrameDataset | None = None
+        self.heldout_set: FrameDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Generate / read and cache every store (runs on one process per node)."""
+        self._stores()
+
+    def _stores(self) -> tuple[FrameStore, FrameStore | None]:
+        k = self.kw
+        common = dict(labels=k["labels"], pseudo=k["pseudo"], progress=k["progress"])
+        if k["source"] == "synthetic":
+            gen = dict(n_experiments=k["n_experiments"], frames_per_experiment=k["frames_per_experiment"],
+                       height=k["frame_height"], width=k["frame_width"],
+                       pixel_size_nm=k["pixel_size_nm"], seed=k["seed"], dose_scale=k["dose_scale"])
+            main = synthetic_store(self.cache_dir, **gen, **common)
+            held = None
+            if k["heldout"]:
+                held = synthetic_store(
+                    self.cache_dir, **{**gen, "frames_per_experiment": k["heldout_frames"]},
+                    heldout=True, **common,
+                )
+        elif k["source"] == "folder":
+            main = folder_store(self.cache_dir, k["images"], masks=k["masks"],
+                                particles=k["particles"], **common)
+            held = None
+        else:
+            raise ValueError(f"unknown data source {k['source']!r}; use 'synthetic' or 'folder'")
+        prep = dict(resolution=k["resolution"], downsample_size=k["downsample_size"],
+                    blur_sigma=k["blur_sigma"])
+        main = preprocess_store(main, self.cache_dir, **prep)
+        if held is not None:
+            held = preprocess_store(held, self.cache_dir, **prep)
+        return main, held
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cached stores and build the train / val / held-out datasets."""
+        if self.train_set is not None:
+            return
+        k = self.kw
+        main, held = self._stores()
+        train_idx, val_idx = split_indices(main.meta, k["split"], k["val_fraction"], k["seed"])
+        if not train_idx:
+            raise ValueError("the split left no training frames: add frames or experiments")
+        crop = k["crop_size"] if k["resolution"] == "crop" else None
+        view = dict(multiple=k["input_multiple"], seed=k["seed"])
+        self.train_set = FrameDataset(main, train_idx, crop_size=crop, train=True,
+                                      augment=k["augment"], samples=k["samples_per_epoch"], **view)
+        self.val_set = FrameDataset(main, val_idx, crop_size=k["val_crop_size"], train=False, **view)
+        if held is not None:
+            self.heldout_set = FrameDataset(held, range(held.n_frames), crop_size=k["val_crop_size"],
+                                            train=False, **view)
+
+    def _loader(self, dataset: FrameDataset, train: bool) -> DataLoader:
+        sampler = None
+        trainer = self.trainer if self._trainer_attached() else None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = (
+                DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=True,
+                                   seed=self.kw["seed"])
+                if train else ShardSampler(len(dataset), trainer.global_rank, trainer.world_size)
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.kw["batch_size"] if train else 1,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.kw["num_workers"],
+            # Fresh workers each epoch pick up the epoch counter set in the main process.
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.kw["seed"]) if train else None,
+            drop_last=False,
+        )
+
+    def _trainer_attached(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        assert self.train_set is not None
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:  # noqa: D102
+        assert self.val_set is not None
+        return self._loader(self.val_set, train=False)
+
+    def heldout_dataloader(self) -> DataLoader | None:
+        """Loader over the held-out experiment (other magnification and dose), if any."""
+        return None if self.heldout_set is None else self._loader(self.heldout_set, train=False)

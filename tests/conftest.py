@@ -1,0 +1,48 @@
+"""Shared fixtures: the real Hydra config composed with CPU-only, tiny, fast settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from temseg_ablation.app import CONFIG_DIR, quote_numeric_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+
+# Tiny, fast settings every training test starts from (still the real config and code path).
+TINY = [
+    "data.n_experiments=2", "data.frames_per_experiment=3", "data.frame_height=64",
+    "data.frame_width=64", "data.crop_size=32", "data.batch_size=2", "data.heldout_frames=1",
+    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, tmp: Path | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with overrides, paths redirected into ``tmp``."""
+    overrides = quote_numeric_groups(list(overrides or []))
+    if tmp is not None:
+        overrides.append(f"paths.root_dir={tmp}")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A composed config for a seconds-long CPU job writing only under ``tmp_path``."""
+    cfg = compose_cfg(TINY, tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.accelerator = "cpu"
+    return cfg
+
+
+@pytest.fixture
+def subprocess_env(tmp_path):
+    """Environment for running the app in a subprocess with all outputs under ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
+    env.update({"TEMSEG_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    return env
