@@ -73,8 +73,19 @@ def build_net(cfg: DictConfig):
 def build_module(cfg: DictConfig, net=None) -> SegmentationModule:
     """LightningModule around ``net`` (built from ``cfg.net`` when not given)."""
     net = net if net is not None else build_net(cfg)
+    net_config = to_plain(cfg.net)
+    net_config.pop("depth", None)
+    d = cfg.data
+    preprocess = {
+        "pixel_size_nm": float(d.pixel_size_nm), "blur_sigma": float(d.blur_sigma),
+        "resolution": str(d.resolution), "downsample_size": int(d.downsample_size),
+        "frame_shape": [int(d.frame_height), int(d.frame_width)], "particles": str(d.particles),
+        "normalise": "percentile 0.1-99.9 to [0, 1]", "variant": str(cfg.get("variant", "custom")),
+    }
     return SegmentationModule(
         net,
+        net_config=net_config,
+        preprocess=preprocess,
         lr=float(cfg.optim.lr),
         weight_decay=float(cfg.optim.weight_decay),
         edge_band_px=int(cfg.eval.edge_band_px),

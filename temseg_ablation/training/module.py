@@ -58,12 +58,16 @@ class SegmentationModule(pl.LightningModule):
     Validation accumulates pixel metrics over thresholds and at Otsu, edge uncertainty, the dead
     output fraction, the spread of activations through the layers and (optionally) particle-level
     metrics. Results of the latest evaluation are kept in ``self.results[prefix]`` for tracking.
+    ``net_config`` (the ``build_model`` arguments) and ``preprocess`` (pixel size, blur, ...) are
+    stored in every checkpoint, so a checkpoint alone rebuilds the network and its input pipeline.
     """
 
     def __init__(
         self,
         net: nn.Module,
         *,
+        net_config: dict[str, Any] | None = None,
+        preprocess: dict[str, Any] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         edge_band_px: int = 3,

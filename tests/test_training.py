@@ -1,0 +1,130 @@
+"""Training, tracking and sweeps through the real app: real Lightning, real MLflow, real DDP ranks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import open_dict
+
+from temseg_ablation.models.io import load_checkpoint
+from temseg_ablation.training.job import run_job
+
+from .conftest import ROOT, TINY
+
+SMALL = [*TINY, "data.heldout_frames=2"]
+
+
+def _app(args: list[str], env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "temseg_ablation", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _client(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    return client, client.get_experiment_by_name("temseg-ablation").experiment_id
+
+
+def test_job_failure_is_recorded_and_rerun_resumes_the_same_run(tiny_cfg, tmp_path):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.max_epochs = 2
+        tiny_cfg.fail_after_epochs = 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(tiny_cfg, tmp_path / "job1", job_name="crashing")
+    client, exp = _client(tmp_path)
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "FAILED" and "simulated crash" in run.data.tags["error"]
+    ckpt_dir = Path(run.data.tags["temseg.checkpoint_dir"])
+    assert (ckpt_dir / "last.ckpt").exists()  # epoch 0 was saved before the crash
+
+    with open_dict(tiny_cfg):
+        tiny_cfg.fail_after_epochs = None
+    result = run_job(tiny_cfg, tmp_path / "job2", job_name="resumed")
+    assert result["status"] == "finished" and result["run_id"] == run.info.run_id
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["temseg.resumed_from"].endswith("last.ckpt")
+    last = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and last["global_step"] == 4  # 2 epochs x 2 steps, not restarted
+
+    again = run_job(tiny_cfg, tmp_path / "job3", job_name="again")
+    assert again["status"] == "skipped" and again["run_id"] == run.info.run_id
+    assert len(client.search_runs([exp])) == 1  # nothing recomputed, nothing new
+
+    model = load_checkpoint(ckpt_dir / "best.ckpt")
+    assert model.net_config["arch"] == "unet" and model.pixel_size_nm == pytest.approx(0.18)
+
+
+@pytest.mark.slow
+def test_sweep_records_failures_goes_on_and_skips_finished_jobs(tmp_path, subprocess_env):
+    args = ["-m", "model=norm", "net.kernel_size=3,4", *SMALL]
+    first = _app(args, subprocess_env, tmp_path)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Sweep summary" in first.stdout and "kernel_size must be a positive odd" in first.stdout
+
+    client, exp = _client(tmp_path)
+    runs = client.search_runs([exp])
+    parents = [r for r in runs if r.data.tags.get("temseg.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("temseg.kind") == "job"]
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].info.status == "FAILED"
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    ok = next(c for c in children if c.info.status == "FINISHED")
+    bad = next(c for c in children if c.info.status == "FAILED")
+    assert "kernel_size" in bad.data.tags["error"]
+
+    # metrics, curves stepped by threshold, params, tags, artifacts
+    for key in ("final/val/f1_otsu", "final/val/edge_uncertainty", "final/val/dead_output_fraction",
+                "final/val/particle_det_f1", "final/val/particle_recall_0to2p5nm",
+                "final/val/particle_boundary_f1", "final/heldout/f1_otsu", "final/gap/f1_otsu",
+                "final/val/act_spread_ratio", "val/f1_otsu"):
+        assert key in ok.data.metrics, key
+    steps = [m.step for m in client.get_metric_history(ok.info.run_id, "curve/val/f1_mean")]
+    assert steps == list(range(0, 101, 5))
+    assert ok.data.params["net.norm"] == "batch" and ok.data.params["variant"] == "norm"
+    assert len(ok.data.tags["temseg.config_hash"]) == 12 and ok.data.tags["git_commit"]
+    files = {a.path for d in ("figures", "curves", "checkpoints")
+             for a in client.list_artifacts(ok.info.run_id, d)}
+    assert {"figures/val_threshold_curves.png", "figures/val_overlay.png",
+            "curves/val_threshold_curves.csv", "checkpoints/best.ckpt"} <= files
+
+    second = _app(args, subprocess_env, tmp_path)
+    assert second.returncode == 1
+    summary_files = sorted((tmp_path / "outputs" / "multirun").glob("*/*/summary.csv"))
+    assert len(summary_files) == 2  # two sweeps, two folders, nothing overwritten
+    text = summary_files[-1].read_text()
+    assert "skipped" in text and ok.info.run_id in text
+    jobs = [r for r in client.search_runs([exp]) if r.data.tags.get("temseg.kind") == "job"]
+    assert sum(r.info.status == "FINISHED" for r in jobs) == 1  # the finished job was not redone
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_give_single_process_metrics(tmp_path, subprocess_env):
+    # max_epochs=0: both jobs evaluate the same seeded weights on the same data.
+    # One intra-op thread per process: conv sums then add up in the same order in both runs.
+    args = ["-m", *SMALL, "trainer=cpu,ddp", "trainer.max_epochs=0", "trainer.num_threads=1"]
+    run = _app(args, subprocess_env, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 1  # ranks did not start sweeps of their own
+    results = {}
+    for path in sweeps[0].glob("*/result.json"):
+        cfg = (path.parent / "job_config.yaml").read_text()
+        results["ddp" if "strategy: ddp" in cfg else "cpu"] = json.loads(path.read_text())
+    single, ddp = results["cpu"], results["ddp"]
+    assert len(single) > 50 and single.keys() == ddp.keys()
+    for key, value in single.items():
+        assert ddp[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    client, exp = _client(tmp_path)
+    kinds = [r.data.tags.get("temseg.kind") for r in client.search_runs([exp])]
+    assert sorted(kinds) == ["job", "job", "sweep"]  # one run per job, not one per rank
+
+
+def test_readme_commands_exist():
+    readme = (ROOT / "README.md").read_text()
+    assert "make reproduce-table1" in readme and "make test" in readme
