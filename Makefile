@@ -5,8 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PROFILE ?= quick
+SEEDS ?= 3
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+UI_STORE ?= mlruns
+UI_SHOT ?= docs/img/mlflow_ui.png
 
-.PHONY: install test test-fast lint clean preview
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,16 +23,34 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint:
-	$(BIN)/ruff check temseg_ablation tests experiments
+	$(BIN)/ruff check temseg_ablation tests experiments scripts notebooks
 
 preview:
-	$(BIN)/python -m temseg_ablation.preview --out experiments/preview/preview.png
+	$(BIN)/python -m temseg_ablation.preview --out docs/img/preview.png
+
+# The paper's fifteen UNet variants on the quick CPU profile, two jobs at a time.
+sweep: install
+	$(BIN)/python -m temseg_ablation -m 'model=glob(*)' hydra/launcher=parallel
+
+# Table 1 as a measured table (PROFILE=quick on CPU, PROFILE=paper on GPUs).
+reproduce-table1: install
+	$(BIN)/python -m temseg_ablation.report.reproduce_table1 --profile $(PROFILE) --seeds $(SEEDS)
+
+# Browse runs: MLflow UI on http://127.0.0.1:5000 over the default sqlite store.
+ui:
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+
+# The MLflow UI in headless Chromium (installed from Debian if missing), screenshot saved.
+ui-check: install
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/python scripts/ui_check.py --store $(UI_STORE) --out $(UI_SHOT)
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns .cache build *.egg-info .pytest_cache

@@ -55,22 +55,23 @@ def test_every_arm_has_a_config():
 @pytest.mark.slow
 def test_reproduce_table1_end_to_end(tmp_path, subprocess_env):
     out = tmp_path / "table"
-    run = subprocess.run(
-        [sys.executable, "-m", "temseg_ablation.report.reproduce_table1", "--seeds", "2",
-         "--out", str(out), *TINY, "data.heldout_frames=2", "hydra/launcher=basic"],
-        env=subprocess_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "temseg_ablation.report.reproduce_table1", "--seeds", "2",
+           "--arms", "norm,norm_depth3", "--out", str(out), *TINY, "data.heldout_frames=2",
+           "hydra/launcher=basic"]
+    run = subprocess.run(cmd, env=subprocess_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = pd.read_csv(out / "table1.csv")
     assert set(table["row"].astype(str)) >= {"1", "2a", "2b", "3", "4", "5", "6", "7", "8"}
-    assert (table["n_seeds"] == 2).all()
+    depth = table[table["row"].astype(str) == "6"].iloc[0]
+    assert depth["n_seeds"] == 2 and np.isfinite(depth["ci_low"])  # measured from both seeds
+    assert (table.loc[table["row"].astype(str) != "6", "n_seeds"] == 0).all()  # arms not run
     assert set(table["verdict"]) <= {"supports", "contradicts", "inconclusive"}
     assert (out / "table1_effects.png").stat().st_size > 10_000
     assert "Table 1, measured" in (out / "table1.md").read_text()
     # a second run reuses every finished job from the tracking store
-    again = subprocess.run(
-        [sys.executable, "-m", "temseg_ablation.report.reproduce_table1", "--seeds", "2",
-         "--out", str(out), *TINY, "data.heldout_frames=2", "hydra/launcher=basic"],
-        env=subprocess_env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(cmd, env=subprocess_env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=900)
     assert again.returncode == 0
     summaries = sorted((tmp_path / "outputs" / "table1").glob("*/summary.csv"))
     assert len(summaries) == 2

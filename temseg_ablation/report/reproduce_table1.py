@@ -30,9 +30,11 @@ PROFILES = {
 }
 
 
-def run_sweep(profile: str, seeds: int, sweep_dir: Path, extra: list[str]) -> int:
-    """Run the sweep of every Table 1 arm x seed through the Hydra app; returns its exit code."""
-    args = [sys.executable, "-m", "temseg_ablation", "-m", "+table1=glob(*)",
+def run_sweep(profile: str, seeds: int, sweep_dir: Path, extra: list[str],
+              arms: list[str] | None = None) -> int:
+    """Run the sweep of the Table 1 arms x seeds through the Hydra app; returns its exit code."""
+    choice = ",".join(arms) if arms else "glob(*)"
+    args = [sys.executable, "-m", "temseg_ablation", "-m", f"+table1={choice}",
             "seed=" + ",".join(str(s) for s in range(seeds)), *PROFILES[profile],
             f"hydra.sweep.dir={sweep_dir}", *extra]
     print("running:", " ".join(args), flush=True)
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-dir", type=Path, default=None,
                         help="reuse this sweep folder (skips running the sweep with --no-run)")
     parser.add_argument("--no-run", action="store_true", help="only analyse --sweep-dir")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated subset of conf/table1 arms (default: all)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)
 
@@ -86,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = (args.sweep_dir or Path("outputs/table1") / f"{args.profile}_{stamp}").resolve()
     code = 0
     if not args.no_run:
-        code = run_sweep(args.profile, args.seeds, sweep_dir, args.overrides)
+        arms = args.arms.split(",") if args.arms else None
+        unknown = sorted(set(arms or []) - set(table1.arms()))
+        if unknown:
+            parser.error(f"unknown arms {unknown}; choose from {table1.arms()}")
+        code = run_sweep(args.profile, args.seeds, sweep_dir, args.overrides, arms)
         if code:
             print(f"note: some sweep jobs failed (exit {code}); the table uses the finished ones")
     runs, uri, parent = collect_runs(sweep_dir)

@@ -1,8 +1,8 @@
 """Write the hostile-input corpus used by tests/test_readers.py.
 
 Run ``python tests/corpus/make_corpus.py`` from the repository root to regenerate the files
-beside this script. Every file is tiny and deterministic; the only input from outside is the
-real DM4 in ../shared/realdata, used (when present) for one truncated copy.
+beside this script. Every file is tiny, synthetic and deterministic (the truncated copy of the
+real DM4 is made by tests/test_readers.py at test time, never committed).
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ def make_corpus(out_dir: Path = HERE, realdata: Path | None = REALDATA) -> list[
 
     # Truncated DM4: a DM4 header (version 4, root length, little-endian flag) then garbage.
     out("truncated_synthetic.dm4").write_bytes(struct.pack(">IQI", 4, 4096, 1) + _garbage(240, 1))
-    if realdata is not None and (realdata / REAL_DM4).is_file():
-        out("truncated_real.dm4").write_bytes((realdata / REAL_DM4).read_bytes()[:2048])
+    # A truncated copy of the real (GPL-licensed) DM4 is made at test time, never committed.
 
     # Truncated TIFF: a valid 32 x 32 uint16 frame cut in the middle of its pixel data.
     full = out_dir / "_full.tif"

@@ -1,0 +1,8 @@
+"""``python -m temseg_ablation.segment``: see ``--help``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Find the network to segment with: a checkpoint file, an MLflow run id or a registered model.
+
+Every path ends in :func:`temseg_ablation.models.io.load_checkpoint` (``weights_only`` loading),
+so nothing downloaded from a tracking store can run code.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from ..models.io import CheckpointError, TrainedModel, load_checkpoint
+
+__all__ = [
+    "CHECKPOINT_ARTIFACT",
+    "DEFAULT_TRACKING_URI",
+    "ModelSpecError",
+    "load_model",
+    "register_model",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CHECKPOINT_ARTIFACT = "checkpoints/best.ckpt"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_MODEL_URI = re.compile(r"models:/([^/]+)/([^/]+)")
+
+
+class ModelSpecError(ValueError):
+    """A ``--model`` value that names no usable model; ``str`` is one line."""
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    from ..build import absolute_uri
+
+    uri = absolute_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        # MLflow would silently create an empty store at a mistyped path
+        if not db.is_file():
+            raise ModelSpecError(f"{db}: tracking store not found (set --tracking-uri)")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def _download(artifact_uri: str, tracking_uri: str, dst: Path) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=tracking_uri))
+
+
+def _load_from_run(run_id: str, tracking_uri: str, map_location: str) -> TrainedModel:
+    client, uri = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:  # MlflowException for unknown ids
+        raise ModelSpecError(f"run {run_id}: not found in {uri} ({str(err).splitlines()[0][:120]})") from None
+    with tempfile.TemporaryDirectory(prefix="temseg-model-") as tmp:
+        try:
+            path = _download(f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}", uri, Path(tmp))
+        except Exception as err:
+            raise ModelSpecError(f"run {run_id}: no artifact {CHECKPOINT_ARTIFACT} "
+                                 f"({str(err).splitlines()[0][:120]})") from None
+        model = load_checkpoint(path, map_location=map_location)
+    model.source = f"run {run_id} ({uri})"
+    return model
+
+
+def _load_registered(name: str, version: str, tracking_uri: str, map_location: str) -> TrainedModel:
+    client, uri = _client(tracking_uri)
+    try:
+        if version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ModelSpecError(f"models:/{name}/latest: no versions registered in {uri}")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:
+            mv = client.get_model_version(name, version)
+    except ModelSpecError:
+        raise
+    except Exception as err:
+        raise ModelSpecError(f"models:/{name}/{version}: not found in {uri} "
+                             f"({str(err).splitlines()[0][:120]})") from None
+    with tempfile.TemporaryDirectory(prefix="temseg-model-") as tmp:
+        try:
+            path = _download(f"{mv.source.rstrip('/')}/best.ckpt", uri, Path(tmp))
+        except Exception as err:
+            raise ModelSpecError(f"models:/{name}/{version}: cannot fetch best.ckpt from "
+                                 f"{mv.source} ({str(err).splitlines()[0][:120]})") from None
+        model = load_checkpoint(path, map_location=map_location)
+    model.source = f"models:/{name}/{mv.version} (run {mv.run_id}, {uri})"
+    return model
+
+
+def load_model(spec: str, tracking_uri: str = DEFAULT_TRACKING_URI,
+               map_location: str = "cpu") -> TrainedModel:
+    """Load the network named by ``spec``: a checkpoint path, a run id or ``models:/NAME/VERSION``.
+
+    A run id fetches the run's ``checkpoints/best.ckpt`` artifact; a registered model version
+    fetches ``best.ckpt`` from the version's source. Raises ``ModelSpecError`` or
+    ``CheckpointError`` with a one-line message.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return load_checkpoint(path, map_location=map_location)
+    m = _MODEL_URI.fullmatch(spec)
+    if m:
+        return _load_registered(m.group(1), m.group(2), tracking_uri, map_location)
+    if _RUN_ID.fullmatch(spec):
+        return _load_from_run(spec, tracking_uri, map_location)
+    if path.suffix or "/" in spec:
+        raise CheckpointError(path, "no such checkpoint file")
+    raise ModelSpecError(f"--model {spec!r}: not a checkpoint file, an MLflow run id (32 hex "
+                         "digits), models:/NAME/VERSION or 'classical'")
+
+
+def register_model(run_id: str, name: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
+    """Register run ``run_id``'s checkpoint folder as a new version of model ``name``; returns the version.
+
+    The version's source is the run's ``checkpoints`` artifact folder, so ``models:/NAME/VERSION``
+    loads its ``best.ckpt``.
+    """
+    client, _ = _client(tracking_uri)
+    run = client.get_run(run_id)
+    names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    if CHECKPOINT_ARTIFACT not in names:
+        raise ModelSpecError(f"run {run_id}: has no {CHECKPOINT_ARTIFACT} artifact to register")
+    try:
+        client.create_registered_model(name)
+    except Exception:  # already registered: add a version
+        client.get_registered_model(name)
+    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/checkpoints",
+                                     run_id=run_id)
+    return str(mv.version)
