@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 UI_STORE ?= mlruns
 UI_SHOT ?= docs/img/mlflow_ui.png
 
-.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ ui:
 ui-check: install
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	$(BIN)/python scripts/ui_check.py --store $(UI_STORE) --out $(UI_SHOT)
+
+# Pseudo-labels at several magnifications: nm parameters vs fixed pixel parameters vs auto scale.
+magnification: install
+	$(BIN)/python experiments/magnification_table.py
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns .cache build *.egg-info .pytest_cache

@@ -18,6 +18,7 @@ from temseg_ablation.data.pseudolabel import (
     PseudoLabelParams,
     label_folder,
     pseudo_label,
+    pseudo_label_instances,
     pseudo_label_reference,
     pseudo_label_stages,
     score_against_truth,
@@ -404,3 +405,146 @@ def test_label_folder_parallel_matches_serial(tmp_path, readers):
     assert par.failed == [] and par.n_computed == 4
     for a, b in zip(par.outputs, ser.outputs, strict=True):
         np.testing.assert_array_equal(np.load(a), np.load(b))
+
+
+# --------------------------------------------------------------------------- lengths in nm, scale, instances
+
+
+def test_cache_keys_of_existing_params_are_unchanged():
+    # keys computed before nm lengths and instance splitting existed: old caches must still hit
+    assert PseudoLabelParams().cache_key() == "e23c7066df97bff6"
+    assert PseudoLabelParams(sigma=1.0, opening_radius=3).cache_key() == "4f0abafb76196de0"
+    assert (
+        PseudoLabelParams(particles="bright", min_size_px=10, threshold=0.4).cache_key()
+        == "54e9114b9bad7629"
+    )
+    # the same pixel values written as lengths hash alike
+    assert PseudoLabelParams(sigma="2px", opening_radius="5px").cache_key() == "e23c7066df97bff6"
+    nm = PseudoLabelParams.from_nm()
+    assert nm.cache_key() != PseudoLabelParams().cache_key()
+    assert nm.cache_key() == PseudoLabelParams(sigma="0.36nm", opening_radius="0.9nm").cache_key()
+    changed = [
+        PseudoLabelParams(min_diameter=3),
+        PseudoLabelParams(min_diameter="1nm"),
+        PseudoLabelParams(split_touching=True),
+        PseudoLabelParams(split_touching=True, split_by="intensity"),
+        PseudoLabelParams(split_touching=True, split_min_distance=4),
+        PseudoLabelParams.from_nm(sigma_nm=0.4),
+    ]
+    keys = {p.cache_key() for p in changed} | {nm.cache_key(), PseudoLabelParams().cache_key()}
+    assert len(keys) == len(changed) + 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"sigma": "2 furlongs"}, "sigma"),
+        ({"sigma": "-1nm"}, "sigma"),
+        ({"opening_radius": "2.5px"}, "opening_radius"),
+        ({"opening_radius": True}, "opening_radius"),
+        ({"min_diameter": -1}, "min_diameter"),
+        ({"split_min_distance": "x"}, "split_min_distance"),
+        ({"split_touching": "yes"}, "split_touching"),
+        ({"split_by": "colour"}, "split_by"),
+    ],
+)
+def test_bad_length_params_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        PseudoLabelParams(**kwargs)
+
+
+def test_params_to_dict_round_trips():
+    p = PseudoLabelParams.from_nm(split_touching=True, min_diameter_nm=1.0)
+    d = p.to_dict()
+    assert d["sigma"] == "0.36nm" and d["opening_radius"] == "0.9nm" and d["min_diameter"] == "1nm"
+    assert PseudoLabelParams(**d) == p
+    assert PseudoLabelParams(**PseudoLabelParams().to_dict()) == PseudoLabelParams()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        PseudoLabelParams.from_nm(),
+        PseudoLabelParams.from_nm(min_diameter_nm=3.0),
+        PseudoLabelParams(min_diameter=9.5),
+        PseudoLabelParams(split_touching=True),
+        PseudoLabelParams(split_touching=True, split_by="intensity", sigma=1.0, opening_radius=3),
+    ],
+)
+def test_fast_path_equals_reference_with_new_options(params):
+    img, _, _ = _disc_frame(96, 112, seed=4, n=5, noise=0.05)
+    fast = pseudo_label(img, params, 0.18)
+    np.testing.assert_array_equal(fast, pseudo_label_reference(img, params, 0.18))
+    assert fast.any()
+
+
+def test_min_diameter_is_min_size_of_a_disc():
+    img, _, _ = _disc_frame(96, 112, seed=1, n=4, noise=0.05)
+    sizes = np.bincount(ndi.label(pseudo_label(img), structure=np.ones((3, 3)))[0].ravel())[1:]
+    d = 2 * np.sqrt(np.median(sizes) / np.pi) + 0.5  # removes about half of the components
+    by_diameter = pseudo_label(img, PseudoLabelParams(min_diameter=d))
+    by_area = pseudo_label(img, PseudoLabelParams(min_size_px=int(np.ceil(np.pi / 4 * d * d))))
+    np.testing.assert_array_equal(by_diameter, by_area)
+    # the same in nm at 0.5 nm/px
+    np.testing.assert_array_equal(
+        pseudo_label(img, PseudoLabelParams(min_diameter=f"{d * 0.5}nm"), 0.5), by_diameter
+    )
+    assert np.count_nonzero(by_diameter) < np.count_nonzero(pseudo_label(img))
+
+
+def test_stages_report_params_and_scale():
+    img, _, _ = _disc_frame(64, 64, seed=0, n=2)
+    st = pseudo_label_stages(img)
+    assert st["params"] == PseudoLabelParams() and st["scale"].source == "pixels"
+    st = pseudo_label_stages(img, PseudoLabelParams.from_nm(), 0.09)
+    assert (st["params"].sigma, st["params"].opening_radius) == (4.0, 10)
+    assert st["scale"].source == "calibration" and st["scale"].pixel_size_nm == 0.09
+    assert "labels" not in st
+    st = pseudo_label_stages(img, PseudoLabelParams(split_touching=True))
+    assert st["labels"].dtype == np.int32
+    np.testing.assert_array_equal(st["labels"] > 0, st["mask"])
+
+
+def test_pseudo_label_instances_without_split_are_components():
+    img, mask, labels = _disc_frame(seed=2)
+    inst = pseudo_label_instances(img)
+    assert inst.dtype == np.int32
+    assert inst.max() == ndi.label(pseudo_label(img), structure=np.ones((3, 3)))[1] == labels.max()
+    split = pseudo_label_instances(img, PseudoLabelParams(split_touching=True))
+    assert split.max() == labels.max()  # separate discs stay as they are
+
+
+def test_label_folder_with_nm_params(tmp_path, readers):
+    paths = _write_inputs(tmp_path / "in", n=2)  # .npy files carry no calibration
+    nm = PseudoLabelParams.from_nm()
+    cache = tmp_path / "cache"
+    rep = label_folder(paths, tmp_path / "a", nm, n_jobs=1, cache_dir=cache, progress=False)
+    assert rep.ok == [] and len(rep.failed) == 2
+    for path, msg in rep.failed:
+        assert str(path) in msg and "pixel size" in msg and "\n" not in msg
+
+    rep = label_folder(
+        paths, tmp_path / "b", nm, n_jobs=1, cache_dir=cache, progress=False, default_pixel_size_nm=0.18
+    )
+    assert rep.ok == paths and rep.n_computed == 2
+    assert rep.scales[paths[0]] == ["calibration 0.18 nm/px"]
+    for p, o in zip(paths, rep.outputs, strict=True):
+        # nm parameters at 0.18 nm/px are the paper's pixels
+        np.testing.assert_array_equal(np.load(o).astype(bool), pseudo_label(np.load(p)))
+
+    # the scale estimate wants more than two particles per frame
+    for i, p in enumerate(paths):
+        np.save(p, _disc_frame(128, 128, seed=20 + i, n=6)[0].astype(np.float32))
+    est = label_folder(
+        paths, tmp_path / "c", nm, n_jobs=1, cache_dir=cache, progress=False, estimate_scale="if_missing"
+    )
+    assert est.ok == paths and est.n_computed == 2  # a different cache entry than the calibrated one
+    assert all(s[0].startswith("estimated") for s in est.scales.values())
+    again = label_folder(
+        paths, tmp_path / "c", nm, n_jobs=1, cache_dir=cache, progress=False, estimate_scale="if_missing"
+    )
+    assert again.n_cached == 2 and again.scales == est.scales
+    with pytest.raises(ValueError, match="estimate_scale"):
+        label_folder(paths, tmp_path / "d", nm, estimate_scale="maybe")
+    with pytest.raises(ValueError, match="default_pixel_size_nm"):
+        label_folder(paths, tmp_path / "d", nm, default_pixel_size_nm=-1.0)

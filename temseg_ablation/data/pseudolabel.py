@@ -9,6 +9,13 @@ normalise -> Otsu threshold.
 `pseudo_label` is the fast path (exact linear-time reconstructions and a run-based disk
 opening from `_morph`); `pseudo_label_reference` is the plain scikit-image version used as
 the yardstick. Both give identical masks.
+
+Scale: the lengths (sigma, opening radius, minimum diameter, split distance) are pixels when
+given as plain numbers and may be given in nm (``"0.36nm"``, or ``PseudoLabelParams.from_nm``);
+nm lengths are converted with the frame's pixel size, or with one implied by the typical
+particle diameter read off the image (``estimate_scale``; see `scale`). With
+``split_touching`` the mask has touching particles cut apart and `pseudo_label_instances`
+returns their labels (see `instances`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 import os
 import tempfile
 import time
@@ -26,14 +35,30 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .scale import (
+    PAPER_OPENING_RADIUS_NM,
+    PAPER_PIXEL_SIZE_NM,
+    PAPER_SIGMA_NM,
+    Length,
+    LengthLike,
+    ScaleEstimate,
+    parse_length,
+)
+
+log = logging.getLogger(__name__)
+
 # bump when the pipeline's output changes for the same parameters, so old caches are missed
 PIPELINE_VERSION = 1
 
 __all__ = [
     "PIPELINE_VERSION",
     "PseudoLabelParams",
+    "ScaleUsed",
     "LabelReport",
+    "ESTIMATE_SCALE_MODES",
+    "resolve_params",
     "pseudo_label",
+    "pseudo_label_instances",
     "pseudo_label_reference",
     "pseudo_label_stages",
     "label_folder",
@@ -41,22 +66,74 @@ __all__ = [
 ]
 
 
+# fields added after the paper's six; left at these defaults they stay out of the cache key so
+# the keys (and cached masks) of existing parameter sets do not change
+_LATER_FIELD_DEFAULTS: dict[str, Any] = {
+    "min_diameter": 0.0,
+    "split_touching": False,
+    "split_min_distance": None,
+    "split_by": "shape",
+}
+_LENGTH_FIELDS = ("sigma", "opening_radius", "min_diameter", "split_min_distance")
+
+
+def _round_half_up(x: float) -> int:
+    # round() would send 2.5 px to 2 and 3.5 px to 4; a radius should grow monotonically
+    return int(math.floor(x + 0.5))
+
+
+def _length_key(v: float | Length | None) -> float | str | None:
+    if isinstance(v, Length):
+        return f"{v.value!r}{v.unit}"
+    return None if v is None else float(v)
+
+
 @dataclass(frozen=True)
 class PseudoLabelParams:
-    """Parameters of the classical pseudo-labelling pipeline (lengths in pixels)."""
+    """Parameters of the classical pseudo-labelling pipeline.
 
-    sigma: float = 2.0
-    opening_radius: int = 5
+    Lengths (``sigma``, ``opening_radius``, ``min_diameter``, ``split_min_distance``) are pixels
+    when given as plain numbers (or ``"2px"``) and nanometres when given as ``"0.36nm"`` or a
+    :class:`Length`; pixel values are stored as plain numbers, nm values as ``Length`` and
+    turned into pixels per frame (:meth:`resolve`). ``opening_radius`` in pixels must be a whole
+    number (nm radii are rounded half up). ``min_size_px`` is an area in pixels; components
+    whose equivalent-circle diameter is below ``min_diameter`` are removed as well.
+    ``split_touching`` cuts touching particles apart (distance-transform watershed, see
+    :mod:`instances`), with ``split_min_distance`` the least distance between two particle
+    centres (None: half the median inscribed radius of the mask's components); ``split_by``
+    'shape' cuts at necks of the outline (distance transform), 'intensity' at dips of the
+    background-corrected intensity (compact clusters of uniform particles, e.g. HAADF; it
+    over-splits particles with internal diffraction contrast).
+    """
+
+    sigma: LengthLike = 2.0
+    opening_radius: LengthLike = 5
     sobel_weight: float = 1.0
     particles: str = "dark"
     threshold: str | float = "otsu"
     min_size_px: int = 0
+    min_diameter: LengthLike = 0.0
+    split_touching: bool = False
+    split_min_distance: LengthLike | None = None
+    split_by: str = "shape"
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.sigma) and self.sigma >= 0):
-            raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
-        if int(self.opening_radius) != self.opening_radius or self.opening_radius < 0:
-            raise ValueError(f"opening_radius must be an integer >= 0, got {self.opening_radius!r}")
+        for name in _LENGTH_FIELDS:
+            raw = getattr(self, name)
+            if raw is None and name == "split_min_distance":
+                continue
+            length = parse_length(raw, name=name)
+            if length.is_physical and length.value > 0:  # zero is zero in any unit
+                object.__setattr__(self, name, length)
+                continue
+            v = length.value
+            if name == "opening_radius":
+                if int(v) != v:
+                    raise ValueError(
+                        f"opening_radius must be a whole number of pixels >= 0 (or a length in nm), got {raw!r}"
+                    )
+                v = int(v)
+            object.__setattr__(self, name, v)
         if not (np.isfinite(self.sobel_weight) and self.sobel_weight >= 0):
             raise ValueError(f"sobel_weight must be a finite number >= 0, got {self.sobel_weight!r}")
         if self.particles not in ("dark", "bright"):
@@ -70,22 +147,187 @@ class PseudoLabelParams:
             raise ValueError(f"threshold must be 'otsu' or a float in [0, 1], got {self.threshold!r}")
         if int(self.min_size_px) != self.min_size_px or self.min_size_px < 0:
             raise ValueError(f"min_size_px must be an integer >= 0, got {self.min_size_px!r}")
+        if not isinstance(self.split_touching, bool | np.bool_):
+            raise ValueError(f"split_touching must be True or False, got {self.split_touching!r}")
+        if self.split_by not in ("shape", "intensity"):
+            raise ValueError(f"split_by must be 'shape' or 'intensity', got {self.split_by!r}")
+
+    # ------------------------------------------------------------------ scale
+
+    @classmethod
+    def from_nm(
+        cls,
+        sigma_nm: float = PAPER_SIGMA_NM,
+        opening_radius_nm: float = PAPER_OPENING_RADIUS_NM,
+        pixel_size_nm: float | None = None,
+        *,
+        min_diameter_nm: float = 0.0,
+        split_min_distance_nm: float | None = None,
+        **kwargs: Any,
+    ) -> PseudoLabelParams:
+        """Parameters with lengths in nm (defaults: the paper's 2 px / 5 px at 0.18 nm/px = 0.36 nm / 0.9 nm); resolved to pixels when ``pixel_size_nm`` is given."""
+        params = cls(
+            sigma=Length(sigma_nm, "nm"),
+            opening_radius=Length(opening_radius_nm, "nm"),
+            min_diameter=Length(min_diameter_nm, "nm") if min_diameter_nm else 0.0,
+            split_min_distance=(
+                None if split_min_distance_nm is None else Length(split_min_distance_nm, "nm")
+            ),
+            **kwargs,
+        )
+        return params if pixel_size_nm is None else params.resolve(pixel_size_nm)
+
+    @property
+    def needs_pixel_size(self) -> bool:
+        """True when some length is in nm, so a pixel size (or a scale estimate) is needed."""
+        return any(isinstance(getattr(self, n), Length) for n in _LENGTH_FIELDS)
+
+    def resolve(self, pixel_size_nm: float | None) -> PseudoLabelParams:
+        """The same parameters with every length in pixels, nm lengths divided by ``pixel_size_nm`` (nm/px)."""
+        if not self.needs_pixel_size:
+            return self
+        if pixel_size_nm is None:
+            nm = ", ".join(
+                f"{n}={getattr(self, n)}" for n in _LENGTH_FIELDS if isinstance(getattr(self, n), Length)
+            )
+            raise ValueError(
+                f"parameters {nm} are in nm but the frame has no pixel size; give pixel_size_nm "
+                "or allow a scale estimate (estimate_scale='if_missing')"
+            )
+        p = float(pixel_size_nm)
+        if not (math.isfinite(p) and p > 0):
+            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm!r}")
+        return self._mapped(lambda v: v.to_px(p), px_factor=1.0)
+
+    def scaled(self, factor: float, reference_pixel_size_nm: float = PAPER_PIXEL_SIZE_NM) -> PseudoLabelParams:
+        """Pixel parameters for particles ``factor`` times as many pixels across as at the reference sampling: px lengths are multiplied by ``factor``, nm lengths first converted at ``reference_pixel_size_nm``."""
+        f = float(factor)
+        if not (math.isfinite(f) and f > 0):
+            raise ValueError(f"scale factor must be a finite number > 0, got {factor!r}")
+
+        def nm_to_px(v: Length) -> float:
+            return round(v.to_px(reference_pixel_size_nm) * f, 6)
+
+        return self._mapped(nm_to_px, px_factor=f)
+
+    def _mapped(self, nm_to_px: Any, px_factor: float) -> PseudoLabelParams:
+        changes: dict[str, Any] = {}
+        for name in _LENGTH_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, Length):
+                value = nm_to_px(v)
+            elif v is not None and px_factor != 1.0:
+                value = round(float(v) * px_factor, 6)
+            else:
+                continue
+            changes[name] = _round_half_up(value) if name == "opening_radius" else value
+        if px_factor != 1.0:
+            changes["min_size_px"] = _round_half_up(self.min_size_px * px_factor**2)
+        return dataclasses.replace(self, **changes)
+
+    def min_area_px(self) -> int:
+        """Least component area (px) kept: the larger of ``min_size_px`` and the area of a ``min_diameter`` disc (pixel parameters only)."""
+        if self.needs_pixel_size:
+            raise ValueError("min_area_px needs pixel parameters; call resolve(pixel_size_nm) first")
+        d = float(self.min_diameter)
+        disc = math.ceil(math.pi / 4 * d * d - 1e-9) if d > 0 else 0
+        return max(int(self.min_size_px), disc)
+
+    # ------------------------------------------------------------------ identity
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-friendly dict (nm lengths as strings such as '0.36nm')."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Length) else v
+        return out
 
     def cache_key(self) -> str:
         """Stable hex digest of the parameters and pipeline version (same across runs and machines)."""
-        fields = dataclasses.asdict(self)
-        # canonical numeric forms so 2 and 2.0 (or 5 and 5.0) hash alike
-        fields["sigma"] = float(self.sigma)
-        fields["sobel_weight"] = float(self.sobel_weight)
-        fields["opening_radius"] = int(self.opening_radius)
-        fields["min_size_px"] = int(self.min_size_px)
-        if not isinstance(self.threshold, str):
-            fields["threshold"] = float(self.threshold)
+        # canonical forms so 2 and 2.0 (or 5 and 5.0) hash alike
+        fields: dict[str, Any] = {
+            "sigma": _length_key(self.sigma),
+            "opening_radius": (
+                _length_key(self.opening_radius)
+                if isinstance(self.opening_radius, Length)
+                else int(self.opening_radius)
+            ),
+            "sobel_weight": float(self.sobel_weight),
+            "particles": self.particles,
+            "threshold": self.threshold if isinstance(self.threshold, str) else float(self.threshold),
+            "min_size_px": int(self.min_size_px),
+        }
+        for name, default in _LATER_FIELD_DEFAULTS.items():
+            v = getattr(self, name)
+            if v != default:
+                if name == "split_touching":
+                    fields[name] = bool(v)
+                elif name == "split_by":
+                    fields[name] = v
+                else:
+                    fields[name] = _length_key(v)
         payload = json.dumps(
             {"pipeline": "pseudolabel", "version": PIPELINE_VERSION, "params": fields},
             sort_keys=True,
         )
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+ESTIMATE_SCALE_MODES = ("never", "if_missing", "always")
+
+
+@dataclass(frozen=True)
+class ScaleUsed:
+    """How one frame's lengths became pixels: source 'pixels' (all given in px), 'calibration' (nm with the frame's pixel size) or 'estimate' (scaled to the typical particle diameter read off the image; pixel_size_nm is then the one implied if particles are as large as the paper's)."""
+
+    source: str
+    pixel_size_nm: float | None = None
+    estimate: ScaleEstimate | None = None
+
+    def __str__(self) -> str:
+        if self.source == "pixels":
+            return "lengths in pixels"
+        if self.source == "calibration":
+            return f"calibration {self.pixel_size_nm:.4g} nm/px"
+        return f"estimated: {self.estimate}; parameters scaled from the paper's 28 px particles"
+
+
+def resolve_params(
+    image: np.ndarray,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    pixel_size_nm: float | None = None,
+    estimate_scale: str = "never",
+) -> tuple[PseudoLabelParams, ScaleUsed]:
+    """Pixel parameters for one frame and how they were obtained.
+
+    estimate_scale: 'never' (nm lengths need ``pixel_size_nm``), 'if_missing' (estimate the
+    typical particle diameter when nm lengths meet no pixel size) or 'always' (ignore the
+    calibration; every length, px or nm, is scaled from the paper's reference to the estimate,
+    as :func:`scale.params_for_scale`).
+    """
+    from .scale import estimate_particle_diameter_px, params_for_scale
+
+    if estimate_scale not in ESTIMATE_SCALE_MODES:
+        raise ValueError(f"estimate_scale must be one of {ESTIMATE_SCALE_MODES}, got {estimate_scale!r}")
+    if pixel_size_nm is not None:
+        p = float(pixel_size_nm)
+        if not (math.isfinite(p) and p > 0):
+            raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm!r}")
+    use_estimate = estimate_scale == "always" or (
+        estimate_scale == "if_missing" and params.needs_pixel_size and pixel_size_nm is None
+    )
+    if use_estimate:
+        est = estimate_particle_diameter_px(image, params.particles)
+        used = ScaleUsed("estimate", est.pixel_size_nm(), est)
+        resolved = params_for_scale(est.diameter_px, params)
+        log.info("pseudo-label scale: %s -> sigma %.3g px, opening radius %d px",
+                 used, resolved.sigma, resolved.opening_radius)
+        return resolved, used
+    if params.needs_pixel_size:
+        resolved = params.resolve(pixel_size_nm)
+        return resolved, ScaleUsed("calibration", float(pixel_size_nm))
+    return params, ScaleUsed("pixels")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +360,10 @@ def _normalise(x: np.ndarray) -> np.ndarray | None:
     return (x - lo) / (hi - lo)
 
 
-def _prepared(image: np.ndarray, params: PseudoLabelParams) -> np.ndarray:
+def _prepared(x: np.ndarray, params: PseudoLabelParams) -> np.ndarray:
+    """Polarity, normalise, Gaussian, normalise, on an image that passed `_validated`."""
     from skimage.filters import gaussian
 
-    x = _validated(image)
     if params.particles == "bright":
         x = -x
     x = _normalise(x)
@@ -166,38 +408,87 @@ def _remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
 # public pipeline
 
 
+def _split(
+    mask: np.ndarray, params: PseudoLabelParams, depth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(instance labels, mask with the contacts between instances cut) for pixel parameters; depth: the basin depth (background-corrected intensity, particles high)."""
+    from .instances import separate_instances, split_touching
+
+    labels = split_touching(
+        mask, params.split_min_distance, intensity=depth if params.split_by == "intensity" else None
+    )
+    cut = separate_instances(labels)
+    return np.where(cut, labels, 0).astype(np.int32), cut
+
+
 def pseudo_label_stages(
-    image: np.ndarray, params: PseudoLabelParams = PseudoLabelParams()
+    image: np.ndarray,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    pixel_size_nm: float | None = None,
+    *,
+    estimate_scale: str = "never",
 ) -> dict[str, Any]:
-    """Fast pipeline keeping intermediates: dict of 'smoothed', 'r', 'd', 'edge', 'opened' (float64 HxW or None), 'threshold' (float) and 'mask' (bool HxW)."""
+    """Fast pipeline keeping intermediates: dict of 'smoothed', 'r', 'd', 'edge', 'opened' (float64 HxW or None), 'threshold' (float), 'mask' (bool HxW), 'params' (the pixel parameters used), 'scale' (`ScaleUsed`) and, with split_touching, 'labels' (int32 HxW).
+
+    nm lengths are converted with ``pixel_size_nm`` (nm/px) or, per ``estimate_scale``, from the
+    typical particle diameter read off the image (see `resolve_params`).
+    """
     from temseg_ablation.data import _morph
 
-    g = _prepared(image, params)
+    x = _validated(image)
+    px, used = resolve_params(x, params, pixel_size_nm, estimate_scale)
+    g = _prepared(x, px)
     r, d = _morph.basin_depth(g)
-    e = _edge_enhanced(d, params) if d.max() > d.min() else None
+    e = _edge_enhanced(d, px) if d.max() > d.min() else None
     o = None
     if e is not None:
-        o = _normalise(_morph.disk_opening(e, params.opening_radius))
-    mask, thr = _thresholded(o, params)
+        o = _normalise(_morph.disk_opening(e, int(px.opening_radius)))
+    mask, thr = _thresholded(o, px)
     if mask is None:
         mask = np.zeros(g.shape, bool)
-    mask = _remove_small(mask, int(params.min_size_px))
-    return {"smoothed": g, "r": r, "d": d, "edge": e, "opened": o, "threshold": thr, "mask": mask}
+    mask = _remove_small(mask, px.min_area_px())
+    out = {"smoothed": g, "r": r, "d": d, "edge": e, "opened": o, "threshold": thr}
+    if px.split_touching:
+        out["labels"], mask = _split(mask, px, d)
+    out.update(mask=mask, params=px, scale=used)
+    return out
 
 
-def pseudo_label(image: np.ndarray, params: PseudoLabelParams = PseudoLabelParams()) -> np.ndarray:
-    """Pseudo-label one 2-D frame: bool (H, W) mask, True on particles (fast exact path)."""
-    return pseudo_label_stages(image, params)["mask"]
+def pseudo_label(
+    image: np.ndarray,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    pixel_size_nm: float | None = None,
+    *,
+    estimate_scale: str = "never",
+) -> np.ndarray:
+    """Pseudo-label one 2-D frame: bool (H, W) mask, True on particles (fast exact path); nm lengths need ``pixel_size_nm`` (nm/px) or ``estimate_scale``."""
+    return pseudo_label_stages(image, params, pixel_size_nm, estimate_scale=estimate_scale)["mask"]
+
+
+def pseudo_label_instances(
+    image: np.ndarray,
+    params: PseudoLabelParams = PseudoLabelParams(),
+    pixel_size_nm: float | None = None,
+    *,
+    estimate_scale: str = "never",
+) -> np.ndarray:
+    """Particle instances of one 2-D frame: int32 (H, W) labels 1..N (0 background); touching particles are split when ``params.split_touching``, otherwise instances are the mask's 8-connected components."""
+    st = pseudo_label_stages(image, params, pixel_size_nm, estimate_scale=estimate_scale)
+    if "labels" in st:
+        return st["labels"]
+    labels, _ = ndi.label(st["mask"], structure=np.ones((3, 3), bool))
+    return labels.astype(np.int32)
 
 
 def pseudo_label_reference(
-    image: np.ndarray, params: PseudoLabelParams = PseudoLabelParams()
+    image: np.ndarray, params: PseudoLabelParams = PseudoLabelParams(), pixel_size_nm: float | None = None
 ) -> np.ndarray:
-    """Same pipeline as `pseudo_label` written plainly with scikit-image (slow yardstick); bool (H, W)."""
+    """Same pipeline as `pseudo_label` written plainly with scikit-image (slow yardstick); bool (H, W); nm lengths need ``pixel_size_nm``."""
     from skimage.filters import gaussian, sobel, threshold_otsu
     from skimage.morphology import disk, opening, reconstruction, remove_small_objects
 
     x = _validated(image)
+    params = params.resolve(pixel_size_nm)
     if params.particles == "bright":
         x = -x
     x = (x - x.min()) / (x.max() - x.min())
@@ -213,7 +504,7 @@ def pseudo_label_reference(
     seed = r.copy()
     seed[1:-1, 1:-1] = r.max()
     r1 = reconstruction(seed, r, method="erosion")
-    d = np.abs(r - r1)
+    d = d0 = np.abs(r - r1)
     if d.max() == d.min():
         return np.zeros(g.shape, bool)
 
@@ -227,8 +518,10 @@ def pseudo_label_reference(
     o = (e - e.min()) / (e.max() - e.min())
     thr = threshold_otsu(o) if params.threshold == "otsu" else float(params.threshold)
     mask = o > thr
-    if params.min_size_px > 1:
-        mask = remove_small_objects(mask, max_size=int(params.min_size_px) - 1, connectivity=2)
+    if params.min_area_px() > 1:
+        mask = remove_small_objects(mask, max_size=params.min_area_px() - 1, connectivity=2)
+    if params.split_touching:
+        mask = _split(mask, params, d0)[1]
     return mask
 
 
@@ -283,6 +576,8 @@ class LabelReport:
     n_cached: int = 0  # input files served from the cache (no pipeline run)
     n_computed: int = 0  # input files that ran the pipeline
     seconds: float = 0.0
+    # per labelled input, how each frame's lengths became pixels (str of `ScaleUsed`)
+    scales: dict[Path, list[str]] = field(default_factory=dict)
 
 
 def _sha1_file(path: Path) -> str:
@@ -328,20 +623,41 @@ def _output_paths(path: Path, out_dir: Path, n_frames: int, fmt: str) -> list[Pa
     return [out_dir / f"{path.stem}_f{i:04d}.{fmt}" for i in range(n_frames)]
 
 
+def _scale_tag(params: PseudoLabelParams, estimate_scale: str, default_pixel_size_nm: float | None) -> str:
+    """Cache-name suffix for the settings that change the pixel parameters of a file ('' for plain pixel parameters)."""
+    if estimate_scale == "always":
+        return "_scale-always"
+    if not params.needs_pixel_size:
+        return ""
+    tag = f"_scale-{estimate_scale}"
+    if default_pixel_size_nm is not None:
+        tag += f"-{float(default_pixel_size_nm)!r}"
+    return tag
+
+
 def _label_one(
-    path: Path, out_dir: Path, params: PseudoLabelParams, cache_dir: Path, fmt: str
-) -> tuple[Path, list[Path], bool, int, str | None]:
-    """Label one input file; returns (path, outputs, from_cache, n_frames, error message or None)."""
+    path: Path,
+    out_dir: Path,
+    params: PseudoLabelParams,
+    cache_dir: Path,
+    fmt: str,
+    estimate_scale: str = "never",
+    default_pixel_size_nm: float | None = None,
+) -> tuple[Path, list[Path], bool, int, str | None, list[str]]:
+    """Label one input file; returns (path, outputs, from_cache, n_frames, error message or None, per-frame scale notes)."""
     try:
         digest = _sha1_file(path)
-        cache_file = cache_dir / f"{digest}_{params.cache_key()}.npz"
+        tag = _scale_tag(params, estimate_scale, default_pixel_size_nm)
+        cache_file = cache_dir / f"{digest}_{params.cache_key()}{tag}.npz"
         masks = None
+        scales: list[str] = []
         if cache_file.is_file():
             try:
                 with np.load(cache_file) as z:
                     shape = tuple(int(s) for s in z["shape"])
                     bits = np.unpackbits(z["bits"], count=int(np.prod(shape)))
                     masks = bits.reshape(shape).astype(bool)
+                    scales = [str(v) for v in z["scales"]] if "scales" in z.files else []
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 masks = None
         from_cache = masks is not None
@@ -354,22 +670,33 @@ def _label_one(
                 images = images[None]
             if images.ndim != 3 or images.shape[0] == 0:
                 raise ValueError(f"expected (N, H, W) frames, got shape {images.shape}")
-            masks = np.stack([pseudo_label(im, params) for im in images])
+            pixel_size = stack.pixel_size_nm if stack.pixel_size_nm else default_pixel_size_nm
+            results = [
+                pseudo_label_stages(im, params, pixel_size, estimate_scale=estimate_scale)
+                for im in images
+            ]
+            masks = np.stack([r["mask"] for r in results])
+            scales = [str(r["scale"]) for r in results]
 
             def write_cache(tmp: str) -> None:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, shape=np.array(masks.shape), bits=np.packbits(masks.ravel()))
+                    np.savez(
+                        fh,
+                        shape=np.array(masks.shape),
+                        bits=np.packbits(masks.ravel()),
+                        scales=np.array(scales, dtype=str),
+                    )
 
             _atomic_write(cache_file, write_cache)
         outputs = _output_paths(path, out_dir, masks.shape[0], fmt)
         for m, out in zip(masks, outputs, strict=True):
             _save_mask(m, out, fmt)
-        return path, outputs, from_cache, int(masks.shape[0]), None
+        return path, outputs, from_cache, int(masks.shape[0]), None, scales
     except Exception as exc:  # one bad file must not stop the batch
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if str(path) not in msg:
             msg = f"{path}: {msg}"
-        return path, [], False, 0, msg
+        return path, [], False, 0, msg, []
 
 
 def label_folder(
@@ -380,13 +707,27 @@ def label_folder(
     cache_dir: Path | None = None,
     progress: bool = True,
     fmt: str = "npy",
+    *,
+    estimate_scale: str = "never",
+    default_pixel_size_nm: float | None = None,
 ) -> LabelReport:
-    """Pseudo-label every frame of many image files in parallel; writes `<stem>.npy` (uint8 0/1) or `<stem>.png` (0/255) per frame (`<stem>_fNNNN` for multi-frame files); cache defaults to out_dir/.cache."""
+    """Pseudo-label every frame of many image files in parallel; writes `<stem>.npy` (uint8 0/1) or `<stem>.png` (0/255) per frame (`<stem>_fNNNN` for multi-frame files); cache defaults to out_dir/.cache.
+
+    nm lengths use each file's calibration, else ``default_pixel_size_nm``, else (with
+    ``estimate_scale='if_missing'``) the typical particle size read off each frame; a file that
+    needs a pixel size and has none fails with a one-line reason. ``report.scales`` says which.
+    """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     if fmt not in ("npy", "png"):
         raise ValueError(f"fmt must be 'npy' or 'png', got {fmt!r}")
+    if estimate_scale not in ESTIMATE_SCALE_MODES:
+        raise ValueError(f"estimate_scale must be one of {ESTIMATE_SCALE_MODES}, got {estimate_scale!r}")
+    if default_pixel_size_nm is not None and not (
+        math.isfinite(float(default_pixel_size_nm)) and float(default_pixel_size_nm) > 0
+    ):
+        raise ValueError(f"default_pixel_size_nm must be a finite number > 0, got {default_pixel_size_nm!r}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -407,18 +748,25 @@ def label_folder(
 
     if todo:
         if n_jobs == 1 or len(todo) == 1:  # no process pool for trivial batches
-            results = (_label_one(p, out_dir, params, cache_dir, fmt) for p in todo)
+            results = (
+                _label_one(p, out_dir, params, cache_dir, fmt, estimate_scale, default_pixel_size_nm)
+                for p in todo
+            )
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_label_one)(p, out_dir, params, cache_dir, fmt) for p in todo
+                delayed(_label_one)(
+                    p, out_dir, params, cache_dir, fmt, estimate_scale, default_pixel_size_nm
+                )
+                for p in todo
             )
-        for path, outputs, from_cache, n_frames, err in tqdm(
+        for path, outputs, from_cache, n_frames, err, scales in tqdm(
             results, total=len(todo), disable=not progress, desc="pseudo-labelling", unit="file"
         ):
             if err is not None:
                 report.failed.append((path, err))
                 continue
             report.ok.append(path)
+            report.scales[path] = scales
             report.outputs.extend(outputs)
             report.n_frames += n_frames
             if from_cache:

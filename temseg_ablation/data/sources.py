@@ -20,19 +20,25 @@ log = logging.getLogger(__name__)
 
 
 def _labels_from(
-    image: np.ndarray, truth: np.ndarray | None, mode: str, pseudo: dict[str, Any], particles: str
+    image: np.ndarray, truth: np.ndarray | None, mode: str, pseudo: dict[str, Any], particles: str,
+    pixel_size_nm: float | None = None,
 ) -> np.ndarray:
-    """Instance labels for one frame: the exact truth, or the classical pseudo-labels."""
+    """Instance labels for one frame: the exact truth, or the classical pseudo-labels.
+
+    Pseudo-label lengths may be given in nm (``sigma: 0.36nm``); they are converted with the
+    frame's pixel size, or with an estimate of the particle scale when the frame has none.
+    """
     if mode == "truth":
         if truth is None:
             raise ValueError("labels=truth needs masks (data.masks) for folder data")
         return truth.astype(np.int32)
     if mode != "pseudo":
         raise ValueError(f"unknown labels mode {mode!r}; use 'truth' or 'pseudo'")
-    from .pseudolabel import PseudoLabelParams, pseudo_label
+    from .pseudolabel import PseudoLabelParams, pseudo_label_instances
 
-    mask = pseudo_label(image, PseudoLabelParams(particles=particles, **pseudo))
-    return connected_components(mask, connectivity=2).astype(np.int32)
+    px = pixel_size_nm if pixel_size_nm and np.isfinite(pixel_size_nm) else None
+    return pseudo_label_instances(image, PseudoLabelParams(particles=particles, **pseudo), px,
+                                  estimate_scale="if_missing")
 
 
 def synthetic_store(
@@ -78,9 +84,8 @@ def synthetic_store(
         for e, (config, s) in enumerate(zip(configs, seeds, strict=True)):
             frames = syn.generate_sequence(config, frames_per_experiment, seed=s)
             images = np.stack([normalise(f.image) for f in frames])
-            labs = np.stack(
-                [_labels_from(f.image, f.labels, labels, pseudo, "dark") for f in frames]
-            )
+            labs = np.stack([_labels_from(f.image, f.labels, labels, pseudo, "dark",
+                                          f.pixel_size_nm) for f in frames])
             save_experiment(folder, e, images, labs)
             for f in frames:
                 rows.append(
@@ -143,7 +148,8 @@ def folder_store(
                 continue
             norm = np.stack([normalise(im) for im in dark])
             labs = np.stack([
-                _labels_from(norm[k], None if truth is None else truth[k], labels, pseudo, "dark")
+                _labels_from(norm[k], None if truth is None else truth[k], labels, pseudo, "dark",
+                             stack.pixel_size_nm)
                 for k in range(len(norm))
             ])
             save_experiment(folder, e, norm, labs)
