@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 UI_STORE ?= mlruns
 UI_SHOT ?= docs/img/mlflow_ui.png
+MLFLOW_PORT ?= 5000
+PG_PORT ?= 5433
+SERVER_DIR ?= .server
 
-.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,6 +58,17 @@ ui-check: install
 # Pseudo-labels at several magnifications: nm parameters vs fixed pixel parameters vs auto scale.
 magnification: install
 	$(BIN)/python experiments/magnification_table.py
+
+# Team tracking server: MLflow on PostgreSQL ($(SERVER_DIR)/pg), artifacts proxied into
+# $(SERVER_DIR)/artifacts, 127.0.0.1 only. Needs: apt-get install -y postgresql
+server: install
+	$(BIN)/python -m temseg_ablation.tracking.server start --dir $(SERVER_DIR) --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
+
+server-stop:
+	$(BIN)/python -m temseg_ablation.tracking.server stop --dir $(SERVER_DIR)
+
+server-status:
+	$(BIN)/python -m temseg_ablation.tracking.server status --dir $(SERVER_DIR)
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns .cache build *.egg-info .pytest_cache

@@ -87,6 +87,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         **record, "status": result["status"], "run_id": result["run_id"],
         "config_hash": result["config_hash"], "seconds": round(time.time() - start, 1),
         "f1_otsu": result["metrics"].get("final/val/f1_otsu"),
+        **({"message": result["message"]} if result.get("message") else {}),
     })
     f1 = result["metrics"].get("final/val/f1_otsu")
     log.info("%s %s: run %s%s", job_name, result["status"], result["run_id"],
@@ -117,9 +118,14 @@ def main() -> None:
     sys.argv[1:] = quote_numeric_groups(sys.argv[1:])
     try:
         task()
-    except (KeyboardInterrupt, SystemExit) as exc:
-        code = getattr(exc, "code", 1)
-        sweep.end_parent("KILLED" if isinstance(exc, KeyboardInterrupt) or code else "FINISHED")
+    except KeyboardInterrupt:
+        sweep.end_parent("KILLED")
+        print("\ninterrupted: runs in progress are marked KILLED. Run the same command again to "
+              "continue: finished jobs are skipped, interrupted ones resume from their last "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as exc:
+        sweep.end_parent("KILLED" if exc.code else "FINISHED")
         raise
     except BaseException:
         sweep.end_parent("FAILED")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ STATUS_FILE = "job_status.json"
 
 #: Summary of the last sweep run in this process (read by ``__main__`` for the exit status).
 LAST_SUMMARY: pd.DataFrame | None = None
-#: (tracking uri, experiment, parent run id) of the sweep in progress in this process.
-ACTIVE_PARENT: tuple[str, str, str] | None = None
+#: (tracking uri, experiment, parent run id, sweep dir) of the sweep in progress in this process.
+ACTIVE_PARENT: tuple[str, str, str, str] | None = None
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -47,47 +48,97 @@ def collect_statuses(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def _tracker(config: DictConfig):
-    from .build import absolute, absolute_uri
-    from .tracking.mlflow_store import Tracker, prepare_store
+    from .build import absolute_uri
+    from .tracking.mlflow_store import prepare_store
+    from .training.job import make_tracker, retry_timeout
 
-    uri = absolute_uri(str(config.logger.tracking_uri))
-    prepare_store(uri)
-    art = config.logger.get("artifact_location")
-    art = str(absolute(art)) if art and "://" not in str(art) else art
-    return Tracker(uri, str(config.logger.experiment_name), artifact_location=art)
+    prepare_store(absolute_uri(str(config.logger.tracking_uri)), retry_timeout(config))
+    return make_tracker(config)
 
 
 def end_parent(status: str) -> None:
-    """Close the active sweep's parent run (used on Ctrl-C and crashes)."""
+    """Close the active sweep's parent run and any of its job runs still RUNNING (used on
+    Ctrl-C and crashes, when worker processes may have died before closing their runs)."""
     global ACTIVE_PARENT
     if ACTIVE_PARENT is None:
         return
     from .tracking.mlflow_store import Tracker
 
-    uri, experiment, run_id = ACTIVE_PARENT
-    try:
-        Tracker(uri, experiment, retry_timeout_s=10).set_status(run_id, status)
-    except Exception as err:  # noqa: BLE001
-        log.warning("could not close sweep run %s: %s", run_id, err)
+    uri, experiment, run_id, sweep_dir = ACTIVE_PARENT
     ACTIVE_PARENT = None
+    try:
+        tracker = Tracker(uri, experiment, retry_timeout_s=10)
+        for child in tracker.running_jobs(run_id, sweep_dir):
+            tracker.set_status(child.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
+        tracker.set_status(run_id, status)
+    except BaseException as err:  # noqa: BLE001 - e.g. a second Ctrl-C; the sweep is over anyway
+        log.warning("could not close sweep run %s: %s", run_id, err)
+
+
+def close_stale_sweeps(tracker) -> list[str]:
+    """Mark RUNNING sweep runs whose process died (SIGKILL, power loss) as KILLED, with their
+    RUNNING job runs; returns their ids. Sweeps of other hosts are left alone."""
+    from .tracking.mlflow_store import TAG_KIND, TAG_PROCESS, TAG_SWEEP, process_alive
+
+    query = f"tags.`{TAG_KIND}` = 'sweep' and attributes.status = 'RUNNING'"
+    closed = []
+    try:
+        for run in tracker.client.search_runs([tracker.experiment_id], query, max_results=200):
+            token = run.data.tags.get(TAG_PROCESS, "")
+            if token and process_alive(token) is False:
+                for child in tracker.running_jobs(run.info.run_id,
+                                                  run.data.tags.get(TAG_SWEEP) or None):
+                    # a job resumed by a live sweep keeps its first parent: leave it alone
+                    if process_alive(child.data.tags.get(TAG_PROCESS, "")) is not True:
+                        tracker.set_status(child.info.run_id, "KILLED")
+                tracker.set_status(run.info.run_id, "KILLED")
+                closed.append(run.info.run_id)
+    except Exception as err:  # noqa: BLE001 - housekeeping must not stop a sweep
+        log.warning("could not close stale sweep runs: %s", str(err).splitlines()[0][:200])
+    if closed:
+        log.info("marked %d sweep runs of dead processes as KILLED: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+def _preflight_or_exit(config: DictConfig) -> None:
+    """Stop the command with one line when an output folder is unusable.
+
+    Hydra turns exceptions raised by callbacks into warnings and goes on; SystemExit is the
+    one way to stop before Hydra creates folders and the jobs start.
+    """
+    from .training.job import OutputPathError, preflight
+
+    try:
+        preflight(config)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class SweepCallback(Callback):
-    """Creates the parent run before the jobs and writes the summary after them."""
+    """Checks output folders before anything starts, creates the parent run before the jobs
+    and writes the summary after them."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        _preflight_or_exit(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
         global ACTIVE_PARENT
-        from .tracking.mlflow_store import TAG_KIND, TAG_SWEEP
+        from .tracking.mlflow_store import TAG_KIND, TAG_PROCESS, TAG_SWEEP, process_token
 
+        _preflight_or_exit(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         tracker = _tracker(config)
+        close_stale_sweeps(tracker)
         overrides = " ".join(config.hydra.overrides.task)
         run_id = tracker.create_run(
             f"sweep {sweep_dir.name}", {TAG_KIND: "sweep", TAG_SWEEP: str(sweep_dir.resolve()),
-                                        "temseg.overrides": overrides[:5000]})
+                                        "temseg.overrides": overrides[:5000],
+                                        TAG_PROCESS: process_token()})
         (sweep_dir / PARENT_FILE).write_text(run_id)
-        ACTIVE_PARENT = (tracker.uri, str(config.logger.experiment_name), run_id)
+        ACTIVE_PARENT = (tracker.uri, str(config.logger.experiment_name), run_id,
+                         str(sweep_dir.resolve()))
         self._start = time.time()
         log.info("sweep %s: MLflow parent run %s", sweep_dir, run_id)
 
@@ -104,15 +155,24 @@ class SweepCallback(Callback):
             print("\nSweep summary (" + str(sweep_dir) + "):\n" + summary[cols].to_string(index=False))
         failed = int((summary["status"] == "failed").sum()) if len(summary) else 0
         if run_id:
-            tracker = _tracker(config)
-            counts = summary["status"].value_counts().to_dict() if len(summary) else {}
-            tracker.log_metrics(run_id, {f"jobs_{k}": float(v) for k, v in counts.items()}
-                                | {"sweep_seconds": time.time() - getattr(self, "_start", time.time())})
-            if len(summary):
-                tracker.log_artifact(run_id, sweep_dir / "summary.csv")
-            tracker.set_status(run_id, "FAILED" if failed else "FINISHED")
+            try:
+                tracker = _tracker(config)
+                counts = summary["status"].value_counts().to_dict() if len(summary) else {}
+                tracker.log_metrics(run_id, {f"jobs_{k}": float(v) for k, v in counts.items()}
+                                    | {"sweep_seconds": time.time() - getattr(self, "_start", time.time())})
+                if len(summary):
+                    tracker.log_artifact(run_id, sweep_dir / "summary.csv")
+                tracker.set_status(run_id, "FAILED" if failed else "FINISHED")
+            except Exception as err:  # noqa: BLE001 - the jobs' own results are safe already
+                log.warning("could not close sweep run %s in the tracking store (%s); "
+                            "summary in %s", run_id, str(err).splitlines()[0][:200], sweep_dir)
         global ACTIVE_PARENT
         ACTIVE_PARENT = None
         if failed:
             names = ", ".join(summary.loc[summary["status"] == "failed", "job_name"].astype(str))
             log.error("%d of %d sweep jobs failed: %s", failed, len(summary), names)
+        spooled = summary.loc[summary["status"] == "spooled"] if len(summary) else summary
+        if len(spooled):
+            log.error("%d sweep jobs trained but could not reach the tracking store; their results "
+                      "wait on disk: deliver them with `python -m temseg_ablation.tracking.upload "
+                      "%s` (or rerun this sweep)", len(spooled), config.paths.checkpoint_dir)

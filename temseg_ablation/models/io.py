@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0][:200]
-        raise CheckpointError(path, f"refused: it holds pickled objects that are not plain data "
-                                    f"or tensors, which could run code ({first})") from None
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
+        if found:
+            raise CheckpointError(path, f"refused: it holds pickled objects that are not plain "
+                                        f"data or tensors, which could run code ({found[0]})") from None
+        raise CheckpointError(path, "not a readable PyTorch checkpoint (corrupt pickle data)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err})"[:300]) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

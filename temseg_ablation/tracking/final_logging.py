@@ -13,12 +13,13 @@ from omegaconf import DictConfig
 from ..report import figures
 from ..training.metrics import curves_dataframe
 from .mlflow_store import Tracker
+from .outbox import Outbox
 
 CURVE_KEYS = ("precision", "recall", "f1", "iou", "precision_mean", "recall_mean", "f1_mean",
               "f1_std")
 
 
-def log_final_results(cfg: DictConfig, tracker: Tracker, run_id: str,
+def log_final_results(cfg: DictConfig, tracker: Tracker | Outbox, run_id: str,
                       results: dict[str, dict[str, Any]], module, dm, *, job_dir: Path,
                       best_checkpoint: str | None) -> dict[str, float]:
     """Log everything a finished job leaves in MLflow and return the final scalar metrics.
@@ -26,6 +27,7 @@ def log_final_results(cfg: DictConfig, tracker: Tracker, run_id: str,
     Final scalars are ``final/<split>/<name>`` (``split`` = val or heldout) plus
     ``final/gap/<name>`` = val - heldout; threshold curves are both a CSV artifact and metrics
     ``curve/<split>/<name>`` stepped by round(100 x threshold) so the UI charts them.
+    ``tracker`` is a ``Tracker`` or the run's ``Outbox`` (same write methods).
     """
     out_dir = job_dir / "artifacts"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def log_final_results(cfg: DictConfig, tracker: Tracker, run_id: str,
     return final
 
 
-def _overlay(cfg, tracker: Tracker, run_id: str, module, dm, out_dir: Path) -> None:
+def _overlay(cfg, tracker: Tracker | Outbox, run_id: str, module, dm, out_dir: Path) -> None:
     if dm.val_set is None or len(dm.val_set) == 0:
         return
     sample = dm.val_set[0]

@@ -1,0 +1,334 @@
+"""Faults: a tracking server that goes away, Ctrl-C, SIGKILL, unusable output folders.
+
+The fast tests drive the outbox with a fake tracking store; the slow ones run the real app
+in subprocesses against a real MLflow server or sqlite store and break it on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
+
+from temseg_ablation.tracking import server
+from temseg_ablation.tracking.outbox import RECORDS, Outbox, OutboxBusy
+from temseg_ablation.training.job import OutputPathError, check_output_paths, output_paths
+
+from .conftest import compose_cfg
+from .test_team import (
+    app_cmd,
+    artifact_paths,
+    job_runs,
+    kill_group,
+    run_app,
+    start_app,
+    trained_epochs,
+    wait_for,
+)
+
+
+# --------------------------------------------------------------------------- a fake store
+class FakeStore:
+    """Stands in for ``Tracker``: records deliveries, or fails like a server that is down."""
+
+    def __init__(self) -> None:
+        self.uri, self.experiment_name, self.retry_timeout_s = "http://fake:5000", "exp", 5.0
+        self.shared = {"down": False, "reject": set(), "delivered": [], "attempts": 0}
+
+    def with_timeout(self, seconds: float) -> FakeStore:
+        other = copy.copy(self)  # shares ``shared``, like a real Tracker shares its client
+        other.retry_timeout_s = seconds
+        return other
+
+    def _call(self, op: str, payload) -> None:
+        self.shared["attempts"] += 1
+        if self.shared["down"]:
+            raise MlflowException("API request to http://fake:5000 failed: Connection refused")
+        if op in self.shared["reject"]:
+            raise MlflowException(f"{op} rejected", error_code=INVALID_PARAMETER_VALUE)
+        self.shared["delivered"].append((op, payload))
+
+    def log_metric_items(self, run_id, items):
+        self._call("metrics", [(k, v, s) for k, v, _, s in items])
+
+    def log_params(self, run_id, params):
+        self._call("params", dict(params))
+
+    def set_tags(self, run_id, tags):
+        self._call("tags", dict(tags))
+
+    def set_status(self, run_id, status):
+        self._call("status", status)
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        self._call("artifact", (Path(path).name, Path(path).read_text(), artifact_path))
+
+
+def test_outbox_keeps_writes_in_order_through_an_outage(tmp_path):
+    store, folder = FakeStore(), tmp_path / "outbox"
+    box = Outbox(folder, store, "run1", retry_timeout_s=5)
+    box.log_metrics("run1", {"a": 1.0, "nan": float("nan")}, step=0)
+    assert store.shared["delivered"] == [("metrics", [("a", 1.0, 0)])]
+    assert not folder.exists()  # nothing had to wait: no folder at all
+
+    store.shared["down"] = True
+    box.log_metrics("run1", {"a": 2.0}, step=1)
+    art = tmp_path / "best.ckpt"
+    art.write_text("epoch 1")
+    box.log_artifact("run1", art, "checkpoints")
+    art.write_text("epoch 2 (overwritten after the upload was queued)")
+    box.set_status("run1", "FINISHED")
+    assert box.pending == 3
+    lines = (folder / RECORDS).read_text().splitlines()
+    assert [json.loads(x)["op"] for x in lines] == ["metrics", "artifact", "status"]
+    assert "tracking.upload" in (folder / "README.txt").read_text()
+
+    store.shared["down"] = False
+    assert box.close(timeout_s=30) is True
+    assert store.shared["delivered"][1:] == [
+        ("metrics", [("a", 2.0, 1)]),
+        ("artifact", ("best.ckpt", "epoch 1", "checkpoints")),  # the file as it was queued
+        ("status", "FINISHED")]
+    assert not folder.exists()
+
+
+def test_outbox_left_on_disk_is_taken_over_by_the_next_process(tmp_path):
+    store, folder = FakeStore(), tmp_path / "outbox"
+    store.shared["down"] = True
+    first = Outbox(folder, store, "run1", retry_timeout_s=5)
+    first.log_params("run1", {"lr": 0.001})
+    first.set_tags("run1", {"note": "x" * 9000})
+    with pytest.raises(OutboxBusy, match="in use by another process"):
+        Outbox(folder, store, "run1")
+    assert first.close(timeout_s=0) is False
+    assert str(folder) in first.message() and "tracking.upload" in first.message()
+    with pytest.raises(Exception, match="holds records of run run1, not run2"):
+        Outbox(folder, store, "run2")
+
+    store.shared["down"] = False
+    second = Outbox(folder, store, "run1")
+    assert second.pending == 2
+    assert second.close() is True
+    assert store.shared["delivered"] == [("params", {"lr": "0.001"}), ("tags", {"note": "x" * 5000})]
+    assert not folder.exists()
+
+
+def test_outbox_drops_a_rejected_write_and_goes_on(tmp_path):
+    store = FakeStore()
+    store.shared["reject"] = {"params"}
+    box = Outbox(tmp_path / "outbox", store, "run1")
+    box.log_params("run1", {"bad key!": 1})
+    box.log_metrics("run1", {"a": 1.0})
+    assert box.dropped == 1 and box.pending == 0
+    assert [op for op, _ in store.shared["delivered"]] == ["metrics"]
+    with pytest.raises(ValueError, match="run run1 got a write for run other"):
+        box.log_metrics("other", {"a": 1.0})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        box.log_artifact("run1", tmp_path / "missing.png")
+    assert box.close() is True
+
+
+# --------------------------------------------------------------------------- output folders
+def test_unusable_output_folders_are_named_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputPathError, match=r"paths.checkpoint_dir=.*a_file/sub: cannot create "
+                                              r"this folder: .*a_file is a file"):
+        check_output_paths({"paths.checkpoint_dir": blocker / "sub"})
+    with pytest.raises(OutputPathError, match=r"paths.output_dir=.*only \d+ MB free"):
+        check_output_paths({"paths.output_dir": tmp_path / "out"}, min_free_mb=1e12)
+    check_output_paths({"paths.output_dir": tmp_path / "ok"}, min_free_mb=1)
+    assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())
+    cfg = compose_cfg([], tmp_path)
+    assert {"paths.output_dir", "paths.checkpoint_dir", "paths.cache_dir",
+            "logger.tracking_uri"} <= set(output_paths(cfg))
+
+
+@pytest.mark.slow
+def test_app_refuses_an_unwritable_checkpoint_folder_up_front(tmp_path, subprocess_env):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    res = run_app(app_cmd(f"paths.checkpoint_dir={blocker}/ckpt", multirun=False),
+                  subprocess_env, tmp_path, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: paths.checkpoint_dir={blocker}/ckpt: cannot create this folder: "
+        f"{blocker} is a file, not a folder")
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (tmp_path / "mlruns").exists()  # stopped before touching the tracking store
+
+
+# --------------------------------------------------------------------------- Ctrl-C, SIGKILL
+def _last_epoch(ckpt: Path) -> int:
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - being replaced right now
+        return -1
+
+
+def _statuses(root: Path) -> dict[str, list[dict]]:
+    """job_status.json records of every sweep folder under ``root``, by sweep folder."""
+    out: dict[str, list[dict]] = {}
+    for p in sorted((root / "outputs" / "multirun").glob("*/*/*/job_status.json")):
+        out.setdefault(str(p.parent.parent), []).append(json.loads(p.read_text()))
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
+    """Ctrl-C ends runs as KILLED; SIGKILL leaves them resumable; a rerun skips finished jobs
+    and resumes the interrupted one into the same MLflow run until it finishes."""
+    epochs = 20
+    cmd = app_cmd(f"trainer.max_epochs=1,{epochs}")  # job 0: one epoch; job 1: long
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    ckpts = tmp_path / "outputs" / "checkpoints"
+
+    def long_job_ckpt():
+        done = {s.get("run_id") for runs in _statuses(tmp_path).values() for s in runs}
+        found = [p for p in ckpts.glob("*/*/last.ckpt") if p.parent.name not in done]
+        return found[0] if len(found) == 1 and done - {None} else None
+
+    # 1. Ctrl-C while job 1 trains
+    log1 = tmp_path / "sweep1.log"
+    proc = start_app(cmd, subprocess_env, tmp_path, log1)
+    try:
+        ckpt = wait_for(long_job_ckpt, "job 1's first checkpoint", proc=proc, log=log1)
+        kill_group(proc, signal.SIGINT)
+        rc = proc.wait(timeout=180)
+    finally:
+        kill_group(proc)
+    assert rc != 0
+    run_id = ckpt.parent.name
+    assert client.get_run(run_id).info.status == "KILLED"
+    (parent1,) = job_runs(client, "sweep")
+    assert parent1.info.status == "KILLED"
+    assert "interrupted: runs in progress are marked KILLED" in log1.read_text()
+    epoch_at_ctrl_c = _last_epoch(ckpt)
+    assert 0 <= epoch_at_ctrl_c < epochs - 1
+
+    # 2. rerun; SIGKILL the whole group in the middle of an epoch after it resumed (once the
+    #    store has the last checkpointed epoch: an epoch's training loss is logged just after
+    #    its checkpoint, and a kill in those milliseconds would lose that one point)
+    log2 = tmp_path / "sweep2.log"
+    proc = start_app(cmd, subprocess_env, tmp_path, log2)
+
+    def resumed_epoch_logged():
+        epoch = _last_epoch(ckpt)
+        return epoch > epoch_at_ctrl_c and epoch in trained_epochs(client, run_id)
+
+    try:
+        wait_for(resumed_epoch_logged, "a resumed epoch", proc=proc, log=log2)
+        kill_group(proc, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        kill_group(proc)
+    epoch_at_kill = _last_epoch(ckpt)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing could close it
+    assert "resuming norm into run " + run_id in log2.read_text()
+
+    # 3. rerun to the end: job 0 skipped, job 1 finishes in the same run
+    res = run_app(cmd, subprocess_env, tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:]
+    last = _statuses(tmp_path)[max(_statuses(tmp_path))]
+    assert [s["status"] for s in last] == ["skipped", "finished"]
+    assert last[1]["run_id"] == run_id
+    jobs = job_runs(client)
+    assert len(jobs) == 2 and {r.info.status for r in jobs} == {"FINISHED"}
+    run = client.get_run(run_id)
+    assert run.data.tags["temseg.resumed_from"].endswith("last.ckpt")
+    assert _last_epoch(ckpt) == epochs - 1 and epoch_at_kill < epochs - 1
+    seen = trained_epochs(client, run_id)
+    assert set(seen) == set(range(epochs))  # the epoch count continued across both restarts
+    assert len(seen) <= epochs + 2  # at most the two interrupted epochs were trained twice
+    assert "checkpoints/best.ckpt" in artifact_paths(client, run_id)
+    # all three sweeps are closed: the Ctrl-C'd one by itself, the SIGKILLed one by the next
+    parents = job_runs(client, "sweep")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED", "KILLED"]
+
+
+# --------------------------------------------------------------------------- server outage
+@pytest.fixture
+def sqlite_server(tmp_path):
+    """An MLflow server (sqlite backend: no PostgreSQL needed) that the test may stop."""
+    state = server.start(tmp_path / "server", port=0, backend="sqlite", workers=1)
+    yield state
+    server.stop(tmp_path / "server")
+
+
+@pytest.mark.slow
+def test_tracking_server_outage_during_training(tmp_path, sqlite_server, subprocess_env):
+    """Job A sees the server come back and delivers everything; job B gives up after
+    ``logger.retry_timeout_s`` and leaves an outbox that the upload command delivers later."""
+    url = sqlite_server.url
+    client = MlflowClient(url)
+    # both jobs must still be training when the server stops: long enough for any start-up skew
+    epochs_b = 40
+    root_a, root_b = tmp_path / "a", tmp_path / "b"
+    env_a = {**subprocess_env, "TEMSEG_ROOT": str(root_a)}
+    env_b = {**subprocess_env, "TEMSEG_ROOT": str(root_b)}
+    for root in (root_a, root_b):
+        root.mkdir()
+    # ++: works whether or not conf/logger declares retry_timeout_s
+    proc_a = start_app(app_cmd(f"logger.tracking_uri={url}", "trainer.max_epochs=40",
+                               "++logger.retry_timeout_s=300", multirun=False),
+                       env_a, root_a, root_a / "app.log")
+    proc_b = start_app(app_cmd(f"logger.tracking_uri={url}", f"trainer.max_epochs={epochs_b}",
+                               "seed=1", "++logger.retry_timeout_s=3", multirun=False),
+                       env_b, root_b, root_b / "app.log")
+    try:
+        def both_logging():
+            runs = job_runs(client)
+            return len(runs) == 2 and all("val/f1_otsu" in r.data.metrics for r in runs)
+
+        wait_for(both_logging, "both jobs to log epochs", proc=proc_b, log=root_b / "app.log")
+        server.stop_mlflow(sqlite_server)
+        outbox_a = wait_for(lambda: next(root_a.glob("outputs/checkpoints/*/*/outbox"), None),
+                            "job A to keep writes in its outbox", proc=proc_a, log=root_a / "app.log")
+        assert proc_b.wait(timeout=300) == 0, (root_b / "app.log").read_text()[-3000:]
+        assert proc_a.poll() is None  # A trains on (or waits to deliver) while the server is down
+        server.start(sqlite_server.dir, port=sqlite_server.port, backend="sqlite", workers=1)
+        assert proc_a.wait(timeout=400) == 0, (root_a / "app.log").read_text()[-3000:]
+    finally:
+        kill_group(proc_a)
+        kill_group(proc_b)
+
+    # A: everything arrived once the server was back, the outbox is gone
+    log_a = (root_a / "app.log").read_text()
+    assert "unreachable" in log_a and "reachable again" in log_a
+    assert not outbox_a.exists()
+    (run_a,) = [r for r in job_runs(client) if r.data.params["seed"] == "0"]
+    assert run_a.info.status == "FINISHED"
+    assert trained_epochs(client, run_a.info.run_id) == list(range(40))
+    assert "checkpoints/best.ckpt" in artifact_paths(client, run_a.info.run_id)
+
+    # B: trained to the end, results kept locally with a clear message
+    log_b = (root_b / "app.log").read_text()
+    assert "python -m temseg_ablation.tracking.upload" in log_b
+    (status_b,) = [json.loads(p.read_text()) for p in root_b.glob("outputs/runs/*/*/job_status.json")]
+    assert status_b["status"] == "spooled" and "tracking.upload" in status_b["message"]
+    (outbox_b,) = root_b.glob("outputs/checkpoints/*/*/outbox")
+    run_b = client.get_run(status_b["run_id"])
+    assert run_b.info.status == "RUNNING" and "final/val/f1_otsu" not in run_b.data.metrics
+    assert (outbox_b.parent / "best.ckpt").exists()
+
+    up = subprocess.run([sys.executable, "-m", "temseg_ablation.tracking.upload",
+                         str(root_b / "outputs" / "checkpoints")],
+                        capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr
+    assert "records delivered" in up.stdout
+    run_b = client.get_run(status_b["run_id"])
+    assert run_b.info.status == "FINISHED" and "final/heldout/f1_otsu" in run_b.data.metrics
+    assert trained_epochs(client, run_b.info.run_id) == list(range(epochs_b))
+    assert "checkpoints/best.ckpt" in artifact_paths(client, run_b.info.run_id)
+    assert not outbox_b.exists()
+    shutil.rmtree(root_a / "outputs", ignore_errors=True)
