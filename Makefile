@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 PG_PORT ?= 5433
 SERVER_DIR ?= .server
 
-.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status findings findings-thresholds findings-generalisation findings-interpretability findings-resolution bench bench-quick bench-sweep
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -69,6 +69,38 @@ server-stop:
 
 server-status:
 	$(BIN)/python -m temseg_ablation.tracking.server status --dir $(SERVER_DIR)
+
+FINDINGS_OUT ?= experiments/findings
+SWEEP ?= latest
+FINDINGS_JOBS ?= 2
+FINDINGS_SHALLOW ?=
+
+# The paper's other findings, one report each under $(FINDINGS_OUT) (PROFILE=quick on CPU).
+findings-thresholds: install
+	$(BIN)/python -m temseg_ablation.report.findings thresholds --sweep $(SWEEP) --out $(FINDINGS_OUT)
+
+findings-generalisation: install
+	$(BIN)/python -m temseg_ablation.report.findings generalisation --sweep $(SWEEP) --out $(FINDINGS_OUT)
+
+findings-interpretability: install
+	$(BIN)/python -m temseg_ablation.report.findings interpretability --profile $(PROFILE) \
+	  --jobs $(FINDINGS_JOBS) --out $(FINDINGS_OUT) $(if $(FINDINGS_SHALLOW),--shallow-override $(FINDINGS_SHALLOW))
+
+findings-resolution: install
+	$(BIN)/python -m temseg_ablation.report.findings resolution --profile $(PROFILE) \
+	  --seeds $(SEEDS) --jobs $(FINDINGS_JOBS) --out $(FINDINGS_OUT)
+
+findings: findings-thresholds findings-generalisation findings-interpretability findings-resolution
+
+# Benchmarks: ratios measured side by side, table in experiments/bench/results.md
+bench: install
+	$(BIN)/python experiments/bench/run_all.py
+
+bench-quick: install
+	$(BIN)/python experiments/bench/run_all.py --quick
+
+bench-sweep: install
+	$(BIN)/python experiments/bench/run_all.py --only sweep --sweep
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns .cache build *.egg-info .pytest_cache
