@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,18 +15,17 @@ from pathlib import Path
 import pytest
 
 from temseg_ablation.report.runs import load_curves, load_sweep_runs
+from tests.conftest import ROOT
 from tests.fixtures_sweep import EXPERIMENT, SWEEP_MODELS, TinySweep, sweep_env
 
 pytest_plugins = ["tests.fixtures_sweep"]
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The server helpers of `make ui-check` (free port, health wait, process-group stop) serve here too.
+_spec = importlib.util.spec_from_file_location("ui_check", ROOT / "scripts" / "ui_check.py")
+ui_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ui_check)
 
 
 def _get(base: str, endpoint: str, /, **params: str) -> dict:
@@ -45,40 +41,10 @@ def _post(base: str, endpoint: str, body: dict) -> dict:
         return json.loads(resp.read())
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn workers: they share the process group it leads."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180.0) -> None:
-    """Poll ``/health`` until the server answers OK; fail with its log if it dies or never does."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"mlflow server not healthy after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tiny_sweep: TinySweep, tmp_path_factory) -> Iterator[str]:
     """Base URL of an ``mlflow server`` on a free local port over the tiny sweep's store."""
-    port = free_port()
+    port = ui_check.free_port()
     log = tmp_path_factory.mktemp("mlflow_server") / "server.log"
     cmd = [sys.executable, "-m", "mlflow", "server",
            "--backend-store-uri", tiny_sweep.tracking_uri,
@@ -89,10 +55,10 @@ def server(tiny_sweep: TinySweep, tmp_path_factory) -> Iterator[str]:
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base, proc, log)
+        ui_check.wait_healthy(base, proc, log, timeout_s=180.0)
         yield base
     finally:
-        stop_group(proc)
+        ui_check.stop(proc)
 
 
 @pytest.fixture(scope="module")

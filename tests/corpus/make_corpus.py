@@ -13,24 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from temseg_ablation.data.readers import SUPPORTED_EXTENSIONS
+
 HERE = Path(__file__).resolve().parent
 REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
 REAL_DM4 = "JEOL HAADF Image.dm4"
 
-ZERO_BYTE_EXTENSIONS = (
-    ".dm3",
-    ".dm4",
-    ".emd",
-    ".ser",
-    ".emi",
-    ".tif",
-    ".tiff",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".npy",
-    ".hspy",
-)
+ZERO_BYTE_EXTENSIONS = SUPPORTED_EXTENSIONS  # one empty file per readable format
 
 
 def _garbage(n: int, seed: int) -> bytes:
