@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PROFILE ?= quick
-SEEDS ?= 3
+SEEDS ?= 5
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 UI_STORE ?= mlruns
@@ -74,6 +74,7 @@ FINDINGS_OUT ?= experiments/findings
 SWEEP ?= latest
 FINDINGS_JOBS ?= 2
 FINDINGS_SHALLOW ?=
+FINDINGS_SEEDS ?= 3
 
 # The paper's other findings, one report each under $(FINDINGS_OUT) (PROFILE=quick on CPU).
 findings-thresholds: install
@@ -88,7 +89,7 @@ findings-interpretability: install
 
 findings-resolution: install
 	$(BIN)/python -m temseg_ablation.report.findings resolution --profile $(PROFILE) \
-	  --seeds $(SEEDS) --jobs $(FINDINGS_JOBS) --out $(FINDINGS_OUT)
+	  --seeds $(FINDINGS_SEEDS) --jobs $(FINDINGS_JOBS) --out $(FINDINGS_OUT)
 
 findings: findings-thresholds findings-generalisation findings-interpretability findings-resolution
 

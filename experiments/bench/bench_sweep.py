@@ -21,10 +21,12 @@ from bench_common import BENCH_DIR, REPO, Row, machine_info
 
 SWEEP_FILE = BENCH_DIR / "sweep.json"
 NOT_MEASURED = "not measured (run make bench-sweep)"
+# the same command as `make sweep`: two jobs at a time, the cores split between them
+SWEEP_OVERRIDES = ("hydra/launcher=parallel",)
 
 
-def measure(pattern: str = "*", overrides: Sequence[str] = (), out_file: Path = SWEEP_FILE,
-            keep: bool = False, log=print) -> dict[str, Any]:
+def measure(pattern: str = "*", overrides: Sequence[str] = SWEEP_OVERRIDES,
+            out_file: Path = SWEEP_FILE, keep: bool = False, log=print) -> dict[str, Any]:
     """Run ``python -m temseg_ablation -m 'model=glob(<pattern>)' <overrides>`` in a fresh root.
 
     TEMSEG_ROOT (data cache, MLflow store, outputs) is a new temporary folder, so nothing is
@@ -75,7 +77,7 @@ def read_last(out_file: Path = SWEEP_FILE) -> dict[str, Any] | None:
 
 def rows_from(record: dict[str, Any] | None) -> list[Row]:
     """The sweep row: wall time, jobs and seconds per job; or a 'not measured' row."""
-    item = "quick model=glob(*) sweep wall time"
+    item = "quick model=glob(*) sweep wall time (`make sweep`)"
     if record is None:
         return [Row(group="sweep", item=item, value=None, unit="s", verdict=NOT_MEASURED)]
     n = record.get("n_jobs")
@@ -93,7 +95,7 @@ def rows_from(record: dict[str, Any] | None) -> list[Row]:
 
 
 def run(measure_now: bool, out_file: Path = SWEEP_FILE, pattern: str = "*",
-        overrides: Sequence[str] = (), log=print) -> list[Row]:
+        overrides: Sequence[str] = SWEEP_OVERRIDES, log=print) -> list[Row]:
     """Measure the sweep now (``measure_now``) or report the last measurement."""
     record = measure(pattern, overrides, out_file, log=log) if measure_now else read_last(out_file)
     return rows_from(record)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or reuse) the sweep and write the measured Table 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=os.environ.get("PROFILE", "quick"), choices=PROFILES)
-    parser.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 3)))
+    parser.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 5)))
     parser.add_argument("--out", type=Path, default=Path("experiments/table1"))
     parser.add_argument("--sweep-dir", type=Path, default=None,
                         help="reuse this sweep folder (skips running the sweep with --no-run)")
