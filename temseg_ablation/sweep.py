@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 PARENT_FILE = ".mlflow_parent_run"
 STATUS_FILE = "job_status.json"
+#: Parent-run tag naming the finished runs a sweep reused instead of retraining: they stay
+#: children of the sweep that trained them, so the UI would not otherwise show them here.
+TAG_REUSED = "temseg.reused_runs"
 
 #: Summary of the last sweep run in this process (read by ``__main__`` for the exit status).
 LAST_SUMMARY: pd.DataFrame | None = None
@@ -45,6 +48,21 @@ def collect_statuses(sweep_dir: str | Path) -> pd.DataFrame:
     rows = [json.loads(p.read_text()) for p in Path(sweep_dir).glob(f"*/{STATUS_FILE}")]
     df = pd.DataFrame(rows)
     return df.sort_values("job_num").reset_index(drop=True) if len(df) else df
+
+
+def reused_runs(summary: pd.DataFrame, limit: int = 5000) -> str:
+    """Comma-separated ``job_name=run_id`` of the skipped (already finished) jobs of a summary.
+
+    Cut at ``limit`` characters (MLflow tag values are bounded) with a pointer to summary.csv.
+    """
+    if not {"status", "run_id", "job_name"} <= set(summary.columns):
+        return ""
+    rows = summary.loc[summary["status"] == "skipped"]
+    text = ",".join(f"{name}={rid}" for name, rid in
+                    zip(rows["job_name"], rows["run_id"], strict=True) if isinstance(rid, str))
+    if len(text) > limit:
+        text = text[:text.rfind(",", 0, limit)] + ",... (all in summary.csv)"
+    return text
 
 
 def _tracker(config: DictConfig):
@@ -162,6 +180,9 @@ class SweepCallback(Callback):
                                     | {"sweep_seconds": time.time() - getattr(self, "_start", time.time())})
                 if len(summary):
                     tracker.log_artifact(run_id, sweep_dir / "summary.csv")
+                    reused = reused_runs(summary)
+                    if reused:
+                        tracker.set_tags(run_id, {TAG_REUSED: reused})
                 tracker.set_status(run_id, "FAILED" if failed else "FINISHED")
             except Exception as err:  # noqa: BLE001 - the jobs' own results are safe already
                 log.warning("could not close sweep run %s in the tracking store (%s); "

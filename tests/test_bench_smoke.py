@@ -67,6 +67,8 @@ def test_partial_run_keeps_rows_of_groups_it_did_not_measure(tmp_path):
     kept = next(r for r in rows if r.group == "training")
     assert kept.ratio == pytest.approx(0.5)
     assert "| training | a |" in (tmp_path / "results.md").read_text()
+    raw = json.loads((tmp_path / "results.json").read_text())  # raw records kept the same way
+    assert sorted((r["group"], r["value"]) for r in raw) == [("sweep", 600.0), ("training", 1.0)]
 
 
 def test_sweep_row_reads_last_measurement_or_says_not_measured(tmp_path):

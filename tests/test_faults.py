@@ -254,6 +254,9 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     # all three sweeps are closed: the Ctrl-C'd one by itself, the SIGKILLed one by the next
     parents = job_runs(client, "sweep")
     assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED", "KILLED"]
+    # the finished sweep's parent names the run it reused (a child of the first sweep)
+    (done,) = [p for p in parents if p.info.status == "FINISHED"]
+    assert done.data.tags["temseg.reused_runs"] == f"{last[0]['job_name']}={last[0]['run_id']}"
 
 
 # --------------------------------------------------------------------------- server outage

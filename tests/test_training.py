@@ -128,3 +128,20 @@ def test_ddp_two_gloo_ranks_give_single_process_metrics(tmp_path, subprocess_env
 def test_readme_commands_exist():
     readme = (ROOT / "README.md").read_text()
     assert "make reproduce-table1" in readme and "make test" in readme
+
+
+def test_reused_runs_tag_lists_skipped_jobs_and_stays_bounded():
+    """The sweep parent's reused-runs tag names only skipped jobs and is cut at the limit."""
+    import pandas as pd
+
+    from temseg_ablation.sweep import reused_runs
+
+    summary = pd.DataFrame({"job_name": ["a", "b", "c"], "status": ["skipped", "finished", "skipped"],
+                            "run_id": ["r" * 32, "s" * 32, "t" * 32]})
+    assert reused_runs(summary) == f"a={'r' * 32},c={'t' * 32}"
+    many = pd.DataFrame({"job_name": [f"job{i}" for i in range(500)], "status": "skipped",
+                         "run_id": [f"{i:032d}" for i in range(500)]})
+    text = reused_runs(many, limit=1000)
+    assert len(text) <= 1000 + len(",... (all in summary.csv)")
+    assert text.endswith("(all in summary.csv)") and text.startswith("job0=" + "0" * 32)
+    assert reused_runs(summary.drop(columns="run_id")) == ""

@@ -247,13 +247,22 @@ def read_rows_csv(path: Path) -> list[Row]:
     return rows
 
 
+def _kept_raw(out_dir: Path, groups_run: Sequence[str]) -> list[dict[str, Any]]:
+    """Raw records of an earlier ``results.json`` for the groups this run did not measure."""
+    try:
+        old = json.loads((out_dir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [rec for rec in old if isinstance(rec, dict) and rec.get("group") not in groups_run]
+
+
 def write_results(rows: Sequence[Row], info: dict[str, Any], out_dir: Path, *,
                   groups_run: Sequence[str], title: str = "Benchmark") -> str:
     """Write ``results.md``, ``results.csv``, ``results.json`` and ``machine.json``; return the markdown.
 
     Rows of groups that this run did not measure are carried over from the previous
-    ``results.csv`` (with their own dates), so a partial run (e.g. only the sweep) updates its rows
-    without wiping the others.
+    ``results.csv`` (with their own dates), and their raw records from ``results.json``, so a
+    partial run (e.g. only the sweep) updates its rows without wiping the others.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = [r for r in read_rows_csv(out_dir / "results.csv") if r.group not in groups_run]
@@ -278,6 +287,7 @@ def write_results(rows: Sequence[Row], info: dict[str, Any], out_dir: Path, *,
         for r in all_rows:
             w.writerow(r.as_record())
     (out_dir / "results.json").write_text(json.dumps(
-        [{**r.as_record(), "raw": r.raw} for r in rows], indent=1, default=str))
+        [{**r.as_record(), "raw": r.raw} for r in rows] + _kept_raw(out_dir, groups_run),
+        indent=1, default=str))
     (out_dir / "machine.json").write_text(json.dumps(info, indent=1))
     return md

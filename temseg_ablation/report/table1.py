@@ -214,7 +214,8 @@ def effects_figure(table: pd.DataFrame, path: str | Path, title: str = "") -> Pa
     ax.set_xlabel("paired difference, treated - base (95 % CI)")
     for name, c in colours.items():
         ax.plot([], [], "o-", color=c, label=name)
-    ax.legend(fontsize=7, loc="lower right")
+    # outside the axes: inside, it hid the interval of whichever row sat in its corner
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
