@@ -71,6 +71,7 @@ server-status:
 	$(BIN)/python -m temseg_ablation.tracking.server status --dir $(SERVER_DIR)
 
 FINDINGS_OUT ?= experiments/findings
+# SWEEP: latest (newest sweep in the store), a sweep folder, or a sweep parent run id
 SWEEP ?= latest
 FINDINGS_JOBS ?= 2
 FINDINGS_SHALLOW ?=

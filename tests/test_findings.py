@@ -353,3 +353,15 @@ def test_interpretability_with_tiny_jobs(tmp_path, monkeypatch, capsys):
                     *tiny]) == 0
     again = pd.read_csv(tmp_path / "again" / "interpretability.csv")
     assert set(again["job"]) == {"skipped"} and list(again["run"]) == list(summary["run"])
+
+
+def test_sweep_argument_accepts_a_sweep_folder(tmp_path):
+    """--sweep takes a sweep folder (its recorded parent run id), a run id or 'latest'."""
+    from temseg_ablation.report.findings import sweep_parent_id
+    from temseg_ablation.sweep import PARENT_FILE
+
+    (tmp_path / PARENT_FILE).write_text("abc123\n")
+    assert sweep_parent_id(str(tmp_path)) == "abc123"
+    assert sweep_parent_id("latest") == "latest" and sweep_parent_id("abc123") == "abc123"
+    with pytest.raises(FileNotFoundError, match="not a sweep folder"):
+        sweep_parent_id(str(tmp_path / ".."))

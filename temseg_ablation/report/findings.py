@@ -1017,6 +1017,23 @@ class Context:
     experiment: str = "temseg-ablation"
 
 
+def sweep_parent_id(sweep: str) -> str:
+    """A ``--sweep`` value as a parent run id: a sweep folder is read for the id it recorded.
+
+    'latest' and run ids pass through unchanged.
+    """
+    from ..sweep import PARENT_FILE
+
+    folder = Path(sweep)
+    if sweep == "latest" or not folder.is_dir():
+        return sweep
+    marker = folder / PARENT_FILE
+    if not marker.is_file():
+        raise FileNotFoundError(f"{folder}: not a sweep folder (no {PARENT_FILE}); pass a sweep "
+                                "folder, a sweep's parent run id or 'latest'")
+    return marker.read_text().strip()
+
+
 def _sweep_runs(ctx: Context, sweep: str) -> tuple[pd.DataFrame, str]:
     db = Path(ctx.tracking_uri[len("sqlite:///"):])
     if ctx.tracking_uri.startswith("sqlite:///") and not db.is_file():
@@ -1027,7 +1044,7 @@ def _sweep_runs(ctx: Context, sweep: str) -> tuple[pd.DataFrame, str]:
 
     from .runs import latest_sweep_run_id, load_sweep_runs, open_client
 
-    sweep_id = sweep
+    sweep_id = sweep_parent_id(sweep)
     if sweep == "latest":
         client = open_client(ctx.tracking_uri)
         exp = client.get_experiment_by_name(ctx.experiment)
@@ -1416,7 +1433,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--experiment-name", default="temseg-ablation")
     swept = argparse.ArgumentParser(add_help=False)
     swept.add_argument("--sweep", default="latest",
-                       help="'latest' (newest sweep in the store) or a sweep's parent run id")
+                       help="'latest' (newest sweep in the store), a sweep folder or a sweep's "
+                            "parent run id")
     swept.add_argument("--profile", default=None, help=argparse.SUPPRESS)  # accepted, unused
     trains = argparse.ArgumentParser(add_help=False)
     trains.add_argument("--profile", default=os.environ.get("PROFILE", "quick"), choices=PROFILES)
