@@ -61,7 +61,8 @@ def reused_runs(summary: pd.DataFrame, limit: int = 5000) -> str:
     text = ",".join(f"{name}={rid}" for name, rid in
                     zip(rows["job_name"], rows["run_id"], strict=True) if isinstance(rid, str))
     if len(text) > limit:
-        text = text[:text.rfind(",", 0, limit)] + ",... (all in summary.csv)"
+        cut = text.rfind(",", 0, limit)  # after the last whole entry; -1: none fits
+        text = (text[:cut] + "," if cut > 0 else "") + "... (all in summary.csv)"
     return text
 
 

@@ -145,3 +145,4 @@ def test_reused_runs_tag_lists_skipped_jobs_and_stays_bounded():
     assert len(text) <= 1000 + len(",... (all in summary.csv)")
     assert text.endswith("(all in summary.csv)") and text.startswith("job0=" + "0" * 32)
     assert reused_runs(summary.drop(columns="run_id")) == ""
+    assert reused_runs(summary, limit=10) == "... (all in summary.csv)"  # no whole entry fits

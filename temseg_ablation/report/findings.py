@@ -1022,16 +1022,16 @@ def sweep_parent_id(sweep: str) -> str:
 
     'latest' and run ids pass through unchanged.
     """
-    from ..sweep import PARENT_FILE
+    from ..sweep import PARENT_FILE, parent_run_id
 
     folder = Path(sweep)
     if sweep == "latest" or not folder.is_dir():
         return sweep
-    marker = folder / PARENT_FILE
-    if not marker.is_file():
+    run_id = parent_run_id(folder)
+    if run_id is None:
         raise FileNotFoundError(f"{folder}: not a sweep folder (no {PARENT_FILE}); pass a sweep "
                                 "folder, a sweep's parent run id or 'latest'")
-    return marker.read_text().strip()
+    return run_id
 
 
 def _sweep_runs(ctx: Context, sweep: str) -> tuple[pd.DataFrame, str]:

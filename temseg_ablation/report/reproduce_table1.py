@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from ..build import absolute_uri
-from ..sweep import PARENT_FILE, collect_statuses
+from ..sweep import collect_statuses, parent_run_id
 from . import table1
 
 PROFILES = {
@@ -59,8 +59,7 @@ def collect_runs(sweep_dir: Path) -> tuple[pd.DataFrame, str, str | None]:
         rows.append({"arm": run.data.params.get("variant"), "seed": int(run.data.params["seed"]),
                      "run_id": rec["run_id"],
                      **{k: v for k, v in run.data.metrics.items() if k.startswith("final/")}})
-    parent = (sweep_dir / PARENT_FILE).read_text().strip() if (sweep_dir / PARENT_FILE).exists() else None
-    return pd.DataFrame(rows), uri, parent
+    return pd.DataFrame(rows), uri, parent_run_id(sweep_dir)
 
 
 def arm_summary(runs: pd.DataFrame) -> pd.DataFrame:
