@@ -57,15 +57,21 @@ def _load_from_run(run_id: str, tracking_uri: str, map_location: str) -> Trained
         run = client.get_run(run_id)
     except Exception as err:  # MlflowException for unknown ids
         raise ModelSpecError(f"run {run_id}: not found in {uri} ({str(err).splitlines()[0][:120]})") from None
-    with tempfile.TemporaryDirectory(prefix="temseg-model-") as tmp:
-        try:
-            path = _download(f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}", uri, Path(tmp))
-        except Exception as err:
-            raise ModelSpecError(f"run {run_id}: no artifact {CHECKPOINT_ARTIFACT} "
-                                 f"({str(err).splitlines()[0][:120]})") from None
-        model = load_checkpoint(path, map_location=map_location)
+    model = _fetch_checkpoint(f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}", uri, map_location,
+                              failure=f"run {run_id}: no artifact {CHECKPOINT_ARTIFACT}")
     model.source = f"run {run_id} ({uri})"
     return model
+
+
+def _fetch_checkpoint(url: str, uri: str, map_location: str, *, failure: str) -> TrainedModel:
+    """Download a checkpoint artifact into a temporary folder and load it; ``failure`` starts the
+    one-line error when the download fails."""
+    with tempfile.TemporaryDirectory(prefix="temseg-model-") as tmp:
+        try:
+            path = _download(url, uri, Path(tmp))
+        except Exception as err:
+            raise ModelSpecError(f"{failure} ({str(err).splitlines()[0][:120]})") from None
+        return load_checkpoint(path, map_location=map_location)
 
 
 def _load_registered(name: str, version: str, tracking_uri: str, map_location: str) -> TrainedModel:
@@ -83,13 +89,9 @@ def _load_registered(name: str, version: str, tracking_uri: str, map_location: s
     except Exception as err:
         raise ModelSpecError(f"models:/{name}/{version}: not found in {uri} "
                              f"({str(err).splitlines()[0][:120]})") from None
-    with tempfile.TemporaryDirectory(prefix="temseg-model-") as tmp:
-        try:
-            path = _download(f"{mv.source.rstrip('/')}/best.ckpt", uri, Path(tmp))
-        except Exception as err:
-            raise ModelSpecError(f"models:/{name}/{version}: cannot fetch best.ckpt from "
-                                 f"{mv.source} ({str(err).splitlines()[0][:120]})") from None
-        model = load_checkpoint(path, map_location=map_location)
+    model = _fetch_checkpoint(f"{mv.source.rstrip('/')}/best.ckpt", uri, map_location,
+                              failure=f"models:/{name}/{version}: cannot fetch best.ckpt from "
+                                      f"{mv.source}")
     model.source = f"models:/{name}/{mv.version} (run {mv.run_id}, {uri})"
     return model
 
