@@ -203,6 +203,9 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     proc = start_app(cmd, subprocess_env, tmp_path, log1)
     try:
         ckpt = wait_for(long_job_ckpt, "job 1's first checkpoint", proc=proc, log=log1)
+        # as in step 2: not in the milliseconds between a checkpoint and its epoch's loss
+        wait_for(lambda: _last_epoch(ckpt) in trained_epochs(client, ckpt.parent.name),
+                 "job 1's checkpointed epoch in the store", proc=proc, log=log1)
         kill_group(proc, signal.SIGINT)
         rc = proc.wait(timeout=180)
     finally:
