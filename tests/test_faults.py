@@ -189,9 +189,25 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     """Ctrl-C ends runs as KILLED; SIGKILL leaves them resumable; a rerun skips finished jobs
     and resumes the interrupted one into the same MLflow run until it finishes."""
     epochs = 20
-    cmd = app_cmd(f"trainer.max_epochs=1,{epochs}")  # job 0: one epoch; job 1: long
+    # job 0: one epoch; job 1: long. Epochs of 96 steps (not the fast 4): an epoch's training loss
+    # reaches the store ~20 ms after its checkpoint, and a kill in between loses that point
+    # (known gap), so the epochs must be long enough for the kills below to land mid-epoch
+    cmd = [("data.samples_per_epoch=192" if a.startswith("data.samples_per_epoch=") else a)
+           for a in app_cmd(f"trainer.max_epochs=1,{epochs}")]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     ckpts = tmp_path / "outputs" / "checkpoints"
+
+    def fresh_epoch(run_id: str, after: int):
+        """True on the first poll that sees a newer logged epoch (> ``after``) than the poll
+        before: the next epoch has only just started, far from its checkpoint."""
+        last: list[int] = []
+
+        def predicate() -> bool:
+            newest = max(trained_epochs(client, run_id), default=-1)
+            fresh = bool(last) and newest > last[-1] and newest > after
+            last.append(newest)
+            return fresh
+        return predicate
 
     def long_job_ckpt():
         done = {s.get("run_id") for runs in _statuses(tmp_path).values() for s in runs}
@@ -203,9 +219,8 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     proc = start_app(cmd, subprocess_env, tmp_path, log1)
     try:
         ckpt = wait_for(long_job_ckpt, "job 1's first checkpoint", proc=proc, log=log1)
-        # as in step 2: not in the milliseconds between a checkpoint and its epoch's loss
-        wait_for(lambda: _last_epoch(ckpt) in trained_epochs(client, ckpt.parent.name),
-                 "job 1's checkpointed epoch in the store", proc=proc, log=log1)
+        wait_for(fresh_epoch(ckpt.parent.name, after=-1), "job 1 to start a new epoch",
+                 proc=proc, log=log1)
         kill_group(proc, signal.SIGINT)
         rc = proc.wait(timeout=180)
     finally:
@@ -219,18 +234,12 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     epoch_at_ctrl_c = _last_epoch(ckpt)
     assert 0 <= epoch_at_ctrl_c < epochs - 1
 
-    # 2. rerun; SIGKILL the whole group in the middle of an epoch after it resumed (once the
-    #    store has the last checkpointed epoch: an epoch's training loss is logged just after
-    #    its checkpoint, and a kill in those milliseconds would lose that one point)
+    # 2. rerun; SIGKILL the whole group just after a resumed epoch reached the store
     log2 = tmp_path / "sweep2.log"
     proc = start_app(cmd, subprocess_env, tmp_path, log2)
-
-    def resumed_epoch_logged():
-        epoch = _last_epoch(ckpt)
-        return epoch > epoch_at_ctrl_c and epoch in trained_epochs(client, run_id)
-
     try:
-        wait_for(resumed_epoch_logged, "a resumed epoch", proc=proc, log=log2)
+        wait_for(fresh_epoch(run_id, after=epoch_at_ctrl_c), "a resumed epoch", proc=proc,
+                 log=log2)
         kill_group(proc, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
