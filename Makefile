@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 PG_PORT ?= 5433
 SERVER_DIR ?= .server
 
-.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status findings findings-thresholds findings-generalisation findings-interpretability findings-resolution bench bench-quick bench-sweep
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status findings findings-thresholds findings-generalisation findings-interpretability findings-resolution bench bench-quick bench-sweep realbench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,13 +62,13 @@ magnification: install
 # Team tracking server: MLflow on PostgreSQL ($(SERVER_DIR)/pg), artifacts proxied into
 # $(SERVER_DIR)/artifacts, 127.0.0.1 only. Needs: apt-get install -y postgresql
 server: install
-	$(BIN)/python -m temseg_ablation.tracking.server start --dir $(SERVER_DIR) --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
+	$(BIN)/python -m temseg_ablation.ops.server start --dir $(SERVER_DIR) --port $(MLFLOW_PORT) --pg-port $(PG_PORT)
 
 server-stop:
-	$(BIN)/python -m temseg_ablation.tracking.server stop --dir $(SERVER_DIR)
+	$(BIN)/python -m temseg_ablation.ops.server stop --dir $(SERVER_DIR)
 
 server-status:
-	$(BIN)/python -m temseg_ablation.tracking.server status --dir $(SERVER_DIR)
+	$(BIN)/python -m temseg_ablation.ops.server status --dir $(SERVER_DIR)
 
 FINDINGS_OUT ?= experiments/findings
 # SWEEP: latest (newest sweep in the store), a sweep folder, or a sweep parent run id
@@ -103,6 +103,14 @@ bench-quick: install
 
 bench-sweep: install
 	$(BIN)/python experiments/bench/run_all.py --only sweep --sweep
+
+# Particle detection and scale estimate on real HAADF STEM frames vs human boxes.
+realbench: install
+	$(BIN)/python -m temseg_ablation.report.realbench
+
+# GPU throughput per execution mode and sweep projections -> experiments/bench/gpu.md (needs CUDA torch)
+bench-gpu:
+	$(BIN)/python experiments/bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns .cache build *.egg-info .pytest_cache

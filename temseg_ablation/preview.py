@@ -3,7 +3,8 @@
 Usage: ``python -m temseg_ablation.preview --out PATH.png [--n 4] [--size 512] [--seed 0]``.
 Each row is one simulated experiment (its own magnification, dose and density): frames from
 early and late in a coarsening sequence, a crop at native pixel size, and an intensity profile
-through one particle that shows how the soft edge relates to the exact geometric mask.
+through one particle that shows how the soft edge relates to the exact geometric mask. Below, a
+grid shows the default frame and one frame per optional effect (``EFFECT_PANELS``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from temseg_ablation.data.synthetic import (  # noqa: E402
     Frame,
     SyntheticConfig,
     experiment_configs,
+    generate_frame,
     generate_sequence,
 )
 
@@ -68,6 +70,41 @@ def _pick_particle(frame: Frame, crop: int) -> tuple[int, int, int]:
     return cy, y0, x0
 
 
+# one panel per optional effect, at strengths that make it plain to see; (title, config changes)
+EFFECT_PANELS: list[tuple[str, dict[str, object]]] = [
+    ("default (effects off)", {}),
+    ("support: aggregates + vacuum", {"aggregate_fraction": 0.3, "vacuum_fraction": 0.25,
+                                      "aggregate_scale_nm": 6.0, "aggregate_thickness_nm": 60.0}),
+    ("detector blur (2 px + tail)", {"detector_blur_px": 2.0, "detector_tail_fraction": 0.15}),
+    ("linear readout, correlated noise", {"noise_mode": "linear", "linear_spread_px": 1.2, "read_noise_e": 1.0}),
+    ("underfocus 500 nm", {"defocus_nm": 500.0, "fresnel_fringe": False}),
+    ("overfocus 500 nm", {"defocus_nm": -500.0, "fresnel_fringe": False}),
+    ("lattice fringes at 0.05 nm/px", {"lattice_amplitude": 0.2, "pixel_size_nm": 0.05, "median_diameter_nm": 3.0}),
+    ("moire of overlapping lattices", {"lattice_amplitude": 0.25, "moire_fraction": 1.0, "lattice_fraction": 0.8}),
+    ("HAADF Z-contrast (+ support)", {"imaging_mode": "haadf", "aggregate_fraction": 0.3, "vacuum_fraction": 0.25,
+                                      "aggregate_scale_nm": 6.0, "aggregate_thickness_nm": 60.0}),
+    ("JPEG quality 15", {"jpeg_quality": 15}),
+]
+
+
+def _effects_grid(fig: plt.Figure, size: int, seed: int) -> None:
+    """Fill fig with a 2 x 5 grid: the default frame, then one frame per optional effect."""
+    axes = fig.subplots(2, 5, gridspec_kw={"wspace": 0.05, "hspace": 0.2})
+    base = SyntheticConfig(height=size, width=size)
+    for ax, (title, changes) in zip(axes.ravel(), EFFECT_PANELS, strict=True):
+        fr = generate_frame(base.replace(**changes), seed + 7)
+        lo, hi = _display_range(fr.image)
+        ax.imshow(fr.image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        if not changes:
+            ax.contour(fr.mask, [0.5], colors=_OUTLINE, linewidths=0.4, alpha=0.8)
+        _scale_bar(ax, fr.image.shape, fr.pixel_size_nm, 5 if fr.pixel_size_nm > 0.1 else 2)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Optional effects (SyntheticConfig fields, data.synthetic.* overrides), same seed; "
+                 "truth outlined on the default", fontsize=8)
+
+
 def make_preview(out: Path, n: int = 4, size: int = 512, seed: int = 0, dpi: int = 130) -> dict[str, float]:
     """Write the preview PNG to out and return summary numbers over the frames shown."""
     if n < 2:
@@ -77,8 +114,10 @@ def make_preview(out: Path, n: int = 4, size: int = 512, seed: int = 0, dpi: int
     per_exp = (n + 1) // 2
     configs = experiment_configs(2, seed, SyntheticConfig(height=size, width=size))
     crop = min(size, 112)
-    fig, axes = plt.subplots(2, per_exp + 2, figsize=(2.6 * (per_exp + 2), 5.6),
-                             gridspec_kw={"wspace": 0.06, "hspace": 0.28})
+    ncol = per_exp + 2
+    fig = plt.figure(figsize=(max(2.6 * ncol, 2.2 * 5), 5.6 + 4.9))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[5.6, 4.9], hspace=0.02)
+    axes = top.subplots(2, ncol, gridspec_kw={"wspace": 0.06, "hspace": 0.28})
     fractions, counts, diameters = [], [], []
     for row, cfg in enumerate(configs):
         # a strongly accelerated clock, so that early and late frames show visible coarsening
@@ -128,8 +167,9 @@ def make_preview(out: Path, n: int = 4, size: int = 512, seed: int = 0, dpi: int
         ax.set_yticks([])
     for ax in axes[:, per_exp:].ravel():
         ax.set_box_aspect(1)
-    fig.suptitle("Synthetic bright-field ETEM frames: Au particles on amorphous SiN, exact truth outlined",
+    top.suptitle("Synthetic bright-field ETEM frames: Au particles on amorphous SiN, exact truth outlined",
                  fontsize=9, y=0.995)
+    _effects_grid(bottom, min(size, 256), seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)

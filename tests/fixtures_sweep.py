@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import ROOT, TINY
 
 SWEEP_MODELS = ("norm", "twoconv_norm")
+#: Experiments of the tiny data: the experiment split needs one to train, validate and test.
+TINY_EXPERIMENTS = 3
 EXPERIMENT = "temseg-ablation"
 
 
@@ -41,8 +43,9 @@ def sweep_env(root: Path) -> dict[str, str]:
 
 def run_tiny_sweep(root: Path, models: tuple[str, ...] = SWEEP_MODELS) -> TinySweep:
     """Run ``python -m temseg_ablation -m model=...`` with the tiny test settings under ``root``."""
-    overrides = [o for o in TINY if not o.startswith("data.heldout_frames=")]
+    overrides = [o for o in TINY if not o.startswith(("data.heldout_frames=", "data.n_experiments="))]
     overrides.append("data.heldout_frames=2")  # at least two held-out frames so s.d. is defined
+    overrides.append(f"data.n_experiments={TINY_EXPERIMENTS}")
     cmd = [sys.executable, "-m", "temseg_ablation", "-m", "model=" + ",".join(models), *overrides]
     proc = subprocess.run(cmd, cwd=root, env=sweep_env(root), capture_output=True, text=True,
                           timeout=900)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from temseg_ablation.app import quote_numeric_groups
-from temseg_ablation.build import build_net, config_hash
+from temseg_ablation.app.build import build_net, config_hash
 from temseg_ablation.models import count_parameters
 
 from .conftest import ROOT, compose_cfg
@@ -64,7 +63,7 @@ def test_plain_group_overrides_reach_the_model():
 
 
 def test_paper_512_model_from_config():
-    cfg = compose_cfg(["depth=3", "activation=relu", "norm=none"])
+    cfg = compose_cfg(["depth=paper512", "activation=relu", "norm=none"])
     assert count_parameters(build_net(cfg)) == 16_002
 
 
@@ -99,4 +98,3 @@ def test_cli_help_and_cfg():
                           "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "kernel_size: 7" in run.stdout
-    assert Path(ROOT / "conf" / "model" / "README.md").exists()

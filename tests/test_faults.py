@@ -20,12 +20,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from temseg_ablation.tracking import server
+from temseg_ablation.app.preflight import OutputPathError, check_output_paths, output_paths
+from temseg_ablation.ops import server
 from temseg_ablation.tracking.outbox import RECORDS, Outbox, OutboxBusy
-from temseg_ablation.training.job import OutputPathError, check_output_paths, output_paths
 
 from .conftest import compose_cfg
-from .test_team import (
+from .procs import (
     app_cmd,
     artifact_paths,
     job_runs,

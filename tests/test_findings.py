@@ -12,6 +12,7 @@ import pytest
 
 from temseg_ablation.report import findings as fd
 from tests.conftest import TINY
+from tests.fixtures_sweep import TINY_EXPERIMENTS
 
 pytest_plugins = ["tests.fixtures_sweep"]
 
@@ -272,14 +273,6 @@ def test_md_table_and_fmt():
     assert md.splitlines() == ["| a | b |", "| --- | --- |", "| x/y | n/a |"]
 
 
-def test_app_command_quotes_paths(tmp_path):
-    job = fd.AppJob("j", ("arch=one_filter", "kernel=7"), tmp_path / "a b")
-    cmd = fd.app_command(job, "sqlite:////x y/mlflow.db", threads=1)
-    assert cmd[1:5] == ["-m", "temseg_ablation", "arch=one_filter", "kernel=7"]
-    assert "logger.tracking_uri='sqlite:////x y/mlflow.db'" in cmd
-    assert f"hydra.run.dir='{tmp_path / 'a b'}'" in cmd and cmd[-1] == "trainer.num_threads=1"
-
-
 def test_cli_reports_a_missing_store_in_one_line(tmp_path, capsys):
     code = fd.main(["thresholds", "--tracking-uri", f"sqlite:///{tmp_path}/none.db",
                     "--out", str(tmp_path / "out")])
@@ -327,7 +320,9 @@ def test_interpretability_with_tiny_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TEMSEG_ROOT", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path)
-    tiny = [*TINY, "data.samples_per_epoch=8", "eval.figures=false", "eval.particle_metrics=false"]
+    tiny = [*[o for o in TINY if not o.startswith("data.n_experiments=")],
+            f"data.n_experiments={TINY_EXPERIMENTS}", "data.samples_per_epoch=8",
+            "eval.figures=false", "eval.particle_metrics=false"]
     out = tmp_path / "findings"
     assert fd.main(["interpretability", "--out", str(out), "--frame-size", "256",
                     "--jobs", "2", *tiny]) == 0
@@ -357,8 +352,8 @@ def test_interpretability_with_tiny_jobs(tmp_path, monkeypatch, capsys):
 
 def test_sweep_argument_accepts_a_sweep_folder(tmp_path):
     """--sweep takes a sweep folder (its recorded parent run id), a run id or 'latest'."""
+    from temseg_ablation.app.sweep import PARENT_FILE
     from temseg_ablation.report.findings import sweep_parent_id
-    from temseg_ablation.sweep import PARENT_FILE
 
     (tmp_path / PARENT_FILE).write_text("abc123\n")
     assert sweep_parent_id(str(tmp_path)) == "abc123"

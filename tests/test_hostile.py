@@ -11,14 +11,15 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from temseg_ablation.build import build_net, to_plain
+from temseg_ablation.app.build import build_net
+from temseg_ablation.app.config import to_plain
+from temseg_ablation.app.job import ResumeCheckpointError, checked_resume
 from temseg_ablation.models.io import CheckpointError, load_checkpoint
 from temseg_ablation.tracking import upload
 from temseg_ablation.tracking.outbox import Outbox, OutboxError, read_records
-from temseg_ablation.training.job import ResumeCheckpointError, checked_resume
 
 from .conftest import compose_cfg
-from .test_team import FAST
+from .procs import FAST
 
 
 class _WritesMarker:
@@ -101,7 +102,7 @@ def test_damaged_checkpoints_are_named_and_refused(tmp_path):
 def test_a_job_never_resumes_from_a_planted_checkpoint(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from temseg_ablation.training.job import run_job
+    from temseg_ablation.app.job import run_job
 
     cfg = compose_cfg([*FAST, "trainer.max_epochs=3"], tmp_path)
     with open_dict(cfg):

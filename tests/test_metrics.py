@@ -1,4 +1,4 @@
-"""Tests for pixel-level metrics (temseg_ablation.training.metrics)."""
+"""Tests for pixel-level metrics (temseg_ablation.metrics.pixel)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from temseg_ablation.training.metrics import (
+from temseg_ablation.metrics.pixel import (
     THRESHOLDS,
-    DeadOutputFraction,
-    EdgeUncertainty,
     PixelThresholdMetrics,
     activation_spread,
     binarize,
     confusion_by_threshold,
     curves_dataframe,
-    dead_output_fraction,
-    edge_band,
-    edge_uncertainty,
-    edge_uncertainty_counts,
     otsu_threshold,
     otsu_thresholds,
     prf,
     scalar_items,
+)
+from temseg_ablation.metrics.uncertainty import (
+    DeadOutputFraction,
+    EdgeUncertainty,
+    dead_output_fraction,
+    edge_band,
+    edge_uncertainty,
+    edge_uncertainty_counts,
 )
 
 # ---------------------------------------------------------------- thresholds and binarize

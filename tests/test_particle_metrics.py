@@ -1,4 +1,4 @@
-"""Tests for particle-level metrics (temseg_ablation.training.particle_metrics)."""
+"""Tests for particle-level metrics (temseg_ablation.metrics.particle)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from temseg_ablation.training import particle_metrics as pmod
-from temseg_ablation.training.particle_metrics import (
+from temseg_ablation.metrics import matching as pmod
+from temseg_ablation.metrics.particle import (
     SIZE_BINS_NM,
     ParticleMetrics,
     binned_detection_counts,
@@ -271,6 +271,11 @@ def test_compute_keys():
         "boundary_precision",
         "boundary_recall",
         "boundary_f1",
+        "boundary_f1_1px",
+        "boundary_f1_2px",
+        "boundary_f1_3px",
+        "recall_small",
+        "n_true_small",
         "n_true",
         "n_pred",
         "n_matched",

@@ -13,10 +13,9 @@ from scipy import ndimage as ndi
 from skimage.morphology import disk, opening, reconstruction
 
 from temseg_ablation.data import _morph
+from temseg_ablation.data.label_folder import LabelReport, label_folder
 from temseg_ablation.data.pseudolabel import (
-    LabelReport,
     PseudoLabelParams,
-    label_folder,
     pseudo_label,
     pseudo_label_instances,
     pseudo_label_reference,

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 from temseg_ablation.data.instances import separate_instances, split_touching
 from temseg_ablation.data.pseudolabel import (
     PseudoLabelParams,
+    params_for_scale,
     pseudo_label,
     pseudo_label_instances,
     pseudo_label_stages,
@@ -23,7 +24,6 @@ from temseg_ablation.data.scale import (
     Length,
     ScaleEstimate,
     estimate_particle_diameter_px,
-    params_for_scale,
     parse_length,
 )
 from temseg_ablation.data.synthetic import SyntheticConfig, generate_frame

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -40,7 +39,6 @@ from temseg_ablation.segment.infer import tile_layout
 from temseg_ablation.segment.measure import PARTICLE_COLUMNS, frame_summary, label_particles
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
-HAS_INSTANCES = importlib.util.find_spec("temseg_ablation.data.instances") is not None
 
 
 def _unet(depth: int = 3, norm: str = "batch", seed: int = 0) -> torch.nn.Module:
@@ -62,7 +60,7 @@ def _unet(depth: int = 3, norm: str = "batch", seed: int = 0) -> torch.nn.Module
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained depth-4 Norm UNet saved the way the tests of the training code save one."""
-    from temseg_ablation.build import build_module
+    from temseg_ablation.app.build import build_module
 
     from .conftest import TINY, compose_cfg
 
@@ -395,7 +393,6 @@ def test_cli_reports_bad_model(tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()
 
 
-@pytest.mark.skipif(not HAS_INSTANCES, reason="temseg_ablation.data.instances not available")
 def test_cli_split_touching(tmp_path):
     img = np.full((60, 80), 100.0, np.float32)
     yy, xx = np.mgrid[:60, :80]

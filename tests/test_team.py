@@ -7,95 +7,28 @@ CI installs both. Every sweep here runs real processes with the parallel (joblib
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from temseg_ablation.models.io import load_checkpoint
-from temseg_ablation.tracking import server
+from temseg_ablation.ops import server
 from temseg_ablation.tracking.mlflow_store import process_alive, process_token
 
-from .conftest import ROOT, TINY
+from .conftest import ROOT
+from .procs import (
+    app_cmd,
+    artifact_paths,
+    job_runs,
+    trained_epochs,
+)
 
-EXPERIMENT = "temseg-ablation"
-#: On top of TINY: 4 steps per epoch (the profile's 192 samples would make each epoch 96 steps).
-FAST = [*TINY, "data.samples_per_epoch=8"]
 PG_MISSING = server.postgres_unavailable()
-
-
-# --------------------------------------------------------------------------- helpers
-def app_cmd(*overrides: str, multirun: bool = True) -> list[str]:
-    """The app's command line with the tiny settings."""
-    return [sys.executable, "-m", "temseg_ablation", *(["-m"] if multirun else []), "model=norm",
-            *FAST, *overrides]
-
-
-def run_app(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600
-            ) -> subprocess.CompletedProcess:
-    """Run the app to the end and return its result (output in ``stdout``)."""
-    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def start_app(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    """Start the app as the leader of a new process group (so signals reach all its processes)."""
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to the app's whole process group (if it still exists)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 300,
-             proc: subprocess.Popen | None = None, log: Path | None = None) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout or
-    when ``proc`` ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log else ""
-            pytest.fail(f"process ended (status {proc.returncode}) before {what}:\n{tail}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def job_runs(client: MlflowClient, kind: str = "job") -> list:
-    """All runs of the project's experiment with ``temseg.kind`` = ``kind``."""
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], f"tags.`temseg.kind` = '{kind}'",
-                              max_results=100)
-
-
-def trained_epochs(client: MlflowClient, run_id: str) -> list[int]:
-    """Epoch numbers of the run's ``train/loss_epoch`` entries, sorted (repeats kept)."""
-    epoch_at = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
-    return sorted(epoch_at[m.step] for m in client.get_metric_history(run_id, "train/loss_epoch"))
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
-    """Every artifact file of a run (recursively)."""
-    out: set[str] = set()
-    for info in client.list_artifacts(run_id, path):
-        out |= artifact_paths(client, run_id, info.path) if info.is_dir else {info.path}
-    return out
 
 
 def check_complete_run(client: MlflowClient, run, epochs: int, tmp: Path) -> None:
@@ -143,8 +76,8 @@ def check_parallel_sweep(client: MlflowClient, n_jobs: int, epochs: int, tmp: Pa
 
 # --------------------------------------------------------------------------- server CLI
 def server_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m temseg_ablation.tracking.server ...``."""
-    return subprocess.run([sys.executable, "-m", "temseg_ablation.tracking.server", *args],
+    """``python -m temseg_ablation.ops.server ...``."""
+    return subprocess.run([sys.executable, "-m", "temseg_ablation.ops.server", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

@@ -12,10 +12,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
+from temseg_ablation.app.job import run_job
 from temseg_ablation.models.io import load_checkpoint
-from temseg_ablation.training.job import run_job
 
-from .conftest import ROOT, TINY
+from .conftest import TINY
 
 SMALL = [*TINY, "data.heldout_frames=2"]
 
@@ -125,16 +125,11 @@ def test_ddp_two_gloo_ranks_give_single_process_metrics(tmp_path, subprocess_env
     assert sorted(kinds) == ["job", "job", "sweep"]  # one run per job, not one per rank
 
 
-def test_readme_commands_exist():
-    readme = (ROOT / "README.md").read_text()
-    assert "make reproduce-table1" in readme and "make test" in readme
-
-
 def test_reused_runs_tag_lists_skipped_jobs_and_stays_bounded():
     """The sweep parent's reused-runs tag names only skipped jobs and is cut at the limit."""
     import pandas as pd
 
-    from temseg_ablation.sweep import reused_runs
+    from temseg_ablation.app.sweep import reused_runs
 
     summary = pd.DataFrame({"job_name": ["a", "b", "c"], "status": ["skipped", "finished", "skipped"],
                             "run_id": ["r" * 32, "s" * 32, "t" * 32]})
@@ -146,3 +141,35 @@ def test_reused_runs_tag_lists_skipped_jobs_and_stays_bounded():
     assert text.endswith("(all in summary.csv)") and text.startswith("job0=" + "0" * 32)
     assert reused_runs(summary.drop(columns="run_id")) == ""
     assert reused_runs(summary, limit=10) == "... (all in summary.csv)"  # no whole entry fits
+
+
+def _fit_tiny(cfg, tmp_path: Path, name: str, **plateau) -> tuple[dict, object]:
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 12
+        cfg.trainer.early_stopping = "plateau"
+        cfg.eval.figures = False
+        cfg.eval.plateau.update(plateau)
+    result = run_job(cfg, tmp_path / name, job_name=name)
+    client, _ = _client(tmp_path)
+    return result, client.get_run(result["run_id"])
+
+
+def test_plateau_stopping_ends_a_flat_run_and_logs_it_converged(tiny_cfg, tmp_path):
+    # tolerances no curve can break: the rule calls the run flat at the first chance (min_evals)
+    result, run = _fit_tiny(tiny_cfg, tmp_path, "flat", slope_tol=10.0, spread_tol=10.0,
+                            min_points=2, min_evals=3)
+    m = run.data.metrics
+    assert result["status"] == "finished"
+    assert m["final/converged"] == 1.0 and m["final/plateau_points"] >= 2
+    assert m["final/validations"] == 3 and m["final/steps"] > 0  # stopped after 3 of 12 epochs
+    assert "flat over" in run.data.tags["temseg.convergence"]
+    assert {"final/test/f1_otsu", "final/test_last/f1_otsu", "final/val/f1_otsu"} <= set(m)
+
+
+def test_a_run_the_rule_calls_unconverged_trains_to_its_budget(tiny_cfg, tmp_path):
+    # zero tolerance: any change at all keeps the run going, and it is logged as not converged
+    _, run = _fit_tiny(tiny_cfg, tmp_path, "moving", slope_tol=0.0, spread_tol=0.0, min_points=2,
+                       min_evals=3)
+    m = run.data.metrics
+    assert m["final/converged"] == 0.0
+    assert m["final/validations"] == 12  # every epoch validated: no early stop

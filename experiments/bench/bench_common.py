@@ -170,22 +170,22 @@ def job_logger(cfg: Any, run_name: str) -> tuple[Any, Any, str]:
     job's own ``OutboxLogger`` (buffered, sends through the run's outbox) is used when this
     version of the package has it; otherwise Lightning's ``MLFlowLogger`` on the same store.
     """
-    from temseg_ablation.build import absolute_uri
+    from temseg_ablation.tracking.uri import absolute_uri
 
     uri = absolute_uri(str(cfg.logger.tracking_uri))
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
+        from temseg_ablation.app.build import build_tracker
         from temseg_ablation.tracking.lightning_logger import OutboxLogger
         from temseg_ablation.tracking.outbox import OUTBOX_DIR, Outbox
-        from temseg_ablation.training.job import make_tracker
     except ImportError:
         from pytorch_lightning.loggers import MLFlowLogger
 
         logger = MLFlowLogger(experiment_name=str(cfg.logger.experiment_name), tracking_uri=uri,
                               run_name=run_name)
         return logger, lambda: None, "MLFlowLogger"
-    tracker = make_tracker(cfg)
+    tracker = build_tracker(cfg)
     run_id = tracker.create_run(run_name, {"temseg.kind": "bench"})
     outbox = Outbox(Path(cfg.paths.root_dir) / OUTBOX_DIR / run_id, tracker, run_id)
     logger = OutboxLogger(lambda: outbox, run_id=run_id,

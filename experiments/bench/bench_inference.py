@@ -98,7 +98,7 @@ def eval_net(root: Path, variant: str = "norm", image: torch.Tensor | None = Non
     and lets a compiler special-case the norms; a few dozen Adam steps give confident outputs
     and real statistics. ``image`` is (1, 1, H, W) float, ``mask`` (H, W) class ids.
     """
-    from temseg_ablation.build import build_net
+    from temseg_ablation.app.build import build_net
 
     torch.manual_seed(seed)
     net = build_net(compose([f"model={variant}"], root))

@@ -87,7 +87,7 @@ def bench_config(variant: str, crop: int, batch: int, samples: int, root: Path,
     return compose([
         f"model={variant}", f"data.frame_height={frame}", f"data.frame_width={frame}",
         f"data.crop_size={crop}", f"data.batch_size={batch}", f"data.samples_per_epoch={samples}",
-        "data.n_experiments=2", "data.frames_per_experiment=3", "data.heldout=false",
+        "data.n_experiments=3", "data.frames_per_experiment=3", "data.heldout=false",
         "trainer.enable_progress_bar=false", *extra,
     ], root)
 
@@ -186,13 +186,12 @@ def framework_run(cfg, net: nn.Module, warmup: int, steps: int, device: torch.de
 
     Returns the framework's timed step durations (warm-up dropped) and the whole fit's seconds.
     """
-    from temseg_ablation.build import build_datamodule, build_module
-    from temseg_ablation.training.job import _trainer_kwargs
+    from temseg_ablation.app.build import build_datamodule, build_module, trainer_kwargs
 
     module = build_module(cfg, net)
     dm = build_datamodule(cfg, input_multiple=int(getattr(net, "input_multiple", 1)))
     timer = Interleaved(device, side_loops)
-    kwargs = _trainer_kwargs(cfg)
+    kwargs = trainer_kwargs(cfg)
     # the job's own trainer settings, minus validation, checkpoints and console output
     kwargs.update(max_steps=warmup + steps, max_epochs=1, limit_val_batches=0,
                   enable_progress_bar=False, enable_model_summary=False,
@@ -228,7 +227,7 @@ def data_only_times(dm, n_batches: int) -> list[float]:
 def measure(spec: TrainSpec, root: Path, device: torch.device, *, frame_size: int = 1024,
             paper_loop: bool = False, seed: int = 0) -> dict[str, Any]:
     """Framework, bare and (optionally) paper-style throughput for one spec, interleaved step by step."""
-    from temseg_ablation.build import build_datamodule, build_net
+    from temseg_ablation.app.build import build_datamodule, build_net
 
     if spec.warmup < 1 or spec.steps < 1:
         raise ValueError(f"{spec}: need at least 1 warm-up and 1 timed step")

@@ -57,7 +57,7 @@ def validation_config(root: Path, overrides: Sequence[str] = ()) -> Any:
 
 def _time_metrics(module, outputs: list[tuple[torch.Tensor, dict]]) -> dict[str, float]:
     """Seconds that each metric of ``module`` spends on update + compute for ``outputs``."""
-    from temseg_ablation.training.metrics import binarize, otsu_thresholds
+    from temseg_ablation.metrics.pixel import binarize, otsu_thresholds
 
     times: dict[str, float] = {}
     for name, metric in module._metrics.items():
@@ -112,8 +112,7 @@ def _time_activation_moments(module, images: list[torch.Tensor]) -> float:
 def measure(root: Path, device: torch.device, *, epochs: int = 3,
             overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``epochs`` epochs of the quick profile with validation; mean times after the first."""
-    from temseg_ablation.build import build_datamodule, build_module, build_net
-    from temseg_ablation.training.job import _trainer_kwargs
+    from temseg_ablation.app.build import build_datamodule, build_module, build_net, trainer_kwargs
 
     quiet_logs()
     cfg = validation_config(root, overrides)
@@ -124,7 +123,7 @@ def measure(root: Path, device: torch.device, *, epochs: int = 3,
     module = build_module(cfg, net)
     dm = build_datamodule(cfg, input_multiple=int(getattr(net, "input_multiple", 1)))
     timer = EpochTimer(device)
-    kwargs = _trainer_kwargs(cfg)
+    kwargs = trainer_kwargs(cfg)
     kwargs.update(max_epochs=epochs, enable_progress_bar=False, enable_model_summary=False,
                   enable_checkpointing=False, check_val_every_n_epoch=1,
                   accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)

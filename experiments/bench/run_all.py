@@ -78,7 +78,7 @@ def tiny_profile() -> Profile:
     return Profile(
         "tiny", train=[("norm", 32, 2, 1, 2), ("twoconv_norm", 32, 2, 1, 2)], train_frame=64,
         val_epochs=2,
-        val_overrides=["data.n_experiments=2", "data.frames_per_experiment=3",
+        val_overrides=["data.n_experiments=3", "data.frames_per_experiment=3",
                        "data.frame_height=64", "data.frame_width=64", "data.crop_size=32",
                        "data.batch_size=2"],
         infer_shapes=[(32, 32), (40, 56)], infer_iters=1, compile=False, cuda_batch=2,

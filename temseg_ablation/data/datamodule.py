@@ -12,8 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .sources import folder_store, preprocess_store, synthetic_store
+from .splits import Splits, split_frames, split_indices
 from .store import FrameStore
 from .transforms import augment_pair, random_crop_box
+
+__all__ = ["FrameDataset", "ShardSampler", "Splits", "TEMDataModule", "split_frames",
+           "split_indices"]
 
 
 class FrameDataset(Dataset):
@@ -109,29 +113,16 @@ class ShardSampler(Sampler[int]):
         return len(self.items)
 
 
-def split_indices(
-    meta, mode: str, val_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Train / validation frame indices: ``random`` (the paper's 70/30) or by ``experiment``."""
-    n = len(meta)
-    rng = np.random.default_rng(seed)
-    if mode == "random":
-        order = rng.permutation(n)
-        n_val = max(1, round(n * val_fraction))
-        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-    if mode == "experiment":
-        experiments = np.unique(meta["experiment"].to_numpy())
-        if len(experiments) < 2:
-            raise ValueError("split=experiment needs at least two experiments")
-        n_val = max(1, round(len(experiments) * val_fraction))
-        val_exp = set(rng.permutation(experiments)[:n_val].tolist())
-        is_val = meta["experiment"].isin(val_exp).to_numpy()
-        return np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist()
-    raise ValueError(f"unknown split {mode!r}; use 'random' or 'experiment'")
-
-
 class TEMDataModule(pl.LightningDataModule):
-    """Synthetic or folder frames, cached once, split, cropped, augmented and batched."""
+    """Synthetic or folder frames, cached once, split, cropped, augmented and batched.
+
+    Splits: ``train_set`` (random crops, augmented), ``val_set`` (checkpoint selection and early
+    stopping), ``test_set`` (what the results report; ``None`` without test experiments) and
+    ``heldout_set`` (a synthetic experiment at another magnification and dose). With
+    ``split='experiment'`` the three first are different experiments (``n_experiments`` counts
+    all of them). ``blur_eval=False`` trains on ``blur_sigma``-blurred frames but evaluates
+    val / test / held-out on the unblurred ones (the paper's protocol).
+    """
 
     def __init__(
         self,
@@ -145,6 +136,7 @@ class TEMDataModule(pl.LightningDataModule):
         frame_width: int = 256,
         pixel_size_nm: float = 0.18,
         dose_scale: float = 1.0,
+        synthetic: dict[str, Any] | None = None,
         images: Any = None,
         masks: Any = None,
         particles: str = "dark",
@@ -153,8 +145,11 @@ class TEMDataModule(pl.LightningDataModule):
         val_crop_size: int | None = None,
         downsample_size: int = 512,
         blur_sigma: float = 0.0,
-        split: str = "random",
+        blur_eval: bool = True,
+        split: str = "experiment",
         val_fraction: float = 0.3,
+        n_val_experiments: int = 1,
+        n_test_experiments: int = 1,
         heldout: bool = True,
         heldout_frames: int = 4,
         batch_size: int = 4,
@@ -173,19 +168,23 @@ class TEMDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.train_set: FrameDataset | None = None
         self.val_set: FrameDataset | None = None
+        self.test_set: FrameDataset | None = None
+        self.splits: Splits | None = None
         self.heldout_set: FrameDataset | None = None
 
     def prepare_data(self) -> None:
         """Generate / read and cache every store (runs on one process per node)."""
         self._stores()
 
-    def _stores(self) -> tuple[FrameStore, FrameStore | None]:
+    def _stores(self) -> tuple[FrameStore, FrameStore, FrameStore | None]:
+        """(training store, evaluation store, held-out store or None), each built once."""
         k = self.kw
         common = dict(labels=k["labels"], pseudo=k["pseudo"], progress=k["progress"])
         if k["source"] == "synthetic":
             gen = dict(n_experiments=k["n_experiments"], frames_per_experiment=k["frames_per_experiment"],
                        height=k["frame_height"], width=k["frame_width"],
-                       pixel_size_nm=k["pixel_size_nm"], seed=k["seed"], dose_scale=k["dose_scale"])
+                       pixel_size_nm=k["pixel_size_nm"], seed=k["seed"], dose_scale=k["dose_scale"],
+                       synthetic=k["synthetic"])
             main = synthetic_store(self.cache_dir, **gen, **common)
             held = None
             if k["heldout"]:
@@ -201,25 +200,37 @@ class TEMDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown data source {k['source']!r}; use 'synthetic' or 'folder'")
         prep = dict(resolution=k["resolution"], downsample_size=k["downsample_size"],
                     blur_sigma=k["blur_sigma"])
-        main = preprocess_store(main, self.cache_dir, **prep)
+        # Evaluation frames get the training blur unless blur_eval is off (the paper's protocol:
+        # models trained on blurred frames, all evaluated on unblurred ones). Each variant is
+        # its own cached store, keyed by its blur sigma.
+        eval_prep = prep if k["blur_eval"] else {**prep, "blur_sigma": 0.0}
+        train = preprocess_store(main, self.cache_dir, **prep)
+        evaluate = train if eval_prep == prep else preprocess_store(main, self.cache_dir, **eval_prep)
         if held is not None:
-            held = preprocess_store(held, self.cache_dir, **prep)
-        return main, held
+            held = preprocess_store(held, self.cache_dir, **eval_prep)
+        return train, evaluate, held
 
     def setup(self, stage: str | None = None) -> None:
-        """Open the cached stores and build the train / val / held-out datasets."""
+        """Open the cached stores and build the train / val / test / held-out datasets."""
         if self.train_set is not None:
             return
         k = self.kw
-        main, held = self._stores()
-        train_idx, val_idx = split_indices(main.meta, k["split"], k["val_fraction"], k["seed"])
-        if not train_idx:
+        main, evaluate, held = self._stores()
+        self.splits = split_frames(main.meta, k["split"], seed=k["seed"],
+                                   val_fraction=k["val_fraction"],
+                                   n_val_experiments=k["n_val_experiments"],
+                                   n_test_experiments=k["n_test_experiments"])
+        if not self.splits.train:
             raise ValueError("the split left no training frames: add frames or experiments")
         crop = k["crop_size"] if k["resolution"] == "crop" else None
         view = dict(multiple=k["input_multiple"], seed=k["seed"])
-        self.train_set = FrameDataset(main, train_idx, crop_size=crop, train=True,
+        self.train_set = FrameDataset(main, self.splits.train, crop_size=crop, train=True,
                                       augment=k["augment"], samples=k["samples_per_epoch"], **view)
-        self.val_set = FrameDataset(main, val_idx, crop_size=k["val_crop_size"], train=False, **view)
+        self.val_set = FrameDataset(evaluate, self.splits.val, crop_size=k["val_crop_size"],
+                                    train=False, **view)
+        if self.splits.test:
+            self.test_set = FrameDataset(evaluate, self.splits.test, crop_size=k["val_crop_size"],
+                                         train=False, **view)
         if held is not None:
             self.heldout_set = FrameDataset(held, range(held.n_frames), crop_size=k["val_crop_size"],
                                             train=False, **view)
@@ -258,6 +269,13 @@ class TEMDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:  # noqa: D102
         assert self.val_set is not None
         return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader | None:
+        """Loader over the test experiments (what results report), or None without any.
+
+        Sharded exactly over DDP ranks like validation (every frame once, no padding).
+        """
+        return None if self.test_set is None else self._loader(self.test_set, train=False)
 
     def heldout_dataloader(self) -> DataLoader | None:
         """Loader over the held-out experiment (other magnification and dose), if any."""

@@ -6,8 +6,9 @@ frames come at other magnifications, so every size-like parameter can be a :clas
 nm (converted with the frame's pixel size) or in px (used as given).
 
 Where a frame has no calibration, :func:`estimate_particle_diameter_px` reads the typical
-particle diameter off the image itself, and :func:`params_for_scale` scales the paper's
-parameters from the paper's reference (28 px diameter) to that diameter.
+particle diameter off the image itself, and ``pseudolabel.params_for_scale`` scales the paper's
+parameters from the paper's reference (28 px diameter) to that diameter. This module knows
+nothing of the pipeline's parameters (``pseudolabel`` imports it, never the reverse).
 
 Estimator: scale-normalised Laplacian of Gaussian, ``sigma^2 * LoG_sigma * image``, on an image
 pyramid (six scales per octave, each octave on a 2x2-binned copy so the cost stays about 4/3 of
@@ -33,13 +34,9 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pseudolabel import PseudoLabelParams
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,6 @@ __all__ = [
     "parse_length",
     "ScaleEstimate",
     "estimate_particle_diameter_px",
-    "params_for_scale",
 ]
 
 # The paper's reference scale: its parameters were tuned at this sampling and particle size.
@@ -355,21 +351,3 @@ def estimate_particle_diameter_px(
     return ScaleEstimate(
         diameter_px=med, quartiles_px=(q1, q3), n_blobs=n, confidence=confidence, notes=tuple(notes)
     )
-
-
-def params_for_scale(
-    diameter_px: float,
-    params: PseudoLabelParams | None = None,
-    reference_diameter_px: float = PAPER_DIAMETER_PX,
-) -> PseudoLabelParams:
-    """Pixel parameters for frames whose typical particle spans ``diameter_px``: ``params`` (default: the paper's) are taken as tuned at the paper's reference (28 px, 0.18 nm/px) and every length is scaled by ``diameter_px / reference_diameter_px``."""
-    from .pseudolabel import PseudoLabelParams
-
-    d = float(diameter_px)
-    ref = float(reference_diameter_px)
-    if not (math.isfinite(d) and d > 0):
-        raise ValueError(f"diameter_px must be a finite number > 0, got {diameter_px!r}")
-    if not (math.isfinite(ref) and ref > 0):
-        raise ValueError(f"reference_diameter_px must be a finite number > 0, got {reference_diameter_px!r}")
-    base = params if params is not None else PseudoLabelParams()
-    return base.scaled(d / ref, reference_pixel_size_nm=PAPER_PIXEL_SIZE_NM)

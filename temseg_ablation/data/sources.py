@@ -54,13 +54,20 @@ def synthetic_store(
     pseudo: dict[str, Any] | None = None,
     heldout: bool = False,
     dose_scale: float = 1.0,
+    synthetic: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> FrameStore:
-    """Generate (once) synthetic experiments, or the held-out one when ``heldout`` is true."""
+    """Generate (once) synthetic experiments, or the held-out one when ``heldout`` is true.
+
+    ``synthetic`` holds extra ``SyntheticConfig`` fields (the optional image-formation effects);
+    HAADF frames (bright particles) are stored flipped to dark particles like every input.
+    """
     from . import synthetic as syn
+    from .readers import to_dark_particles
 
     pseudo = dict(pseudo or {})
-    base = syn.SyntheticConfig(height=height, width=width, pixel_size_nm=pixel_size_nm)
+    base = syn.SyntheticConfig.from_mapping(synthetic, height=height, width=width,
+                                            pixel_size_nm=pixel_size_nm)
     if dose_scale != 1.0:
         base = dataclasses.replace(base, dose_e_per_px=base.dose_e_per_px * dose_scale)
     if heldout:
@@ -83,7 +90,8 @@ def synthetic_store(
         bar = tqdm(total=total, desc="generating frames", disable=not progress, leave=False)
         for e, (config, s) in enumerate(zip(configs, seeds, strict=True)):
             frames = syn.generate_sequence(config, frames_per_experiment, seed=s)
-            images = np.stack([normalise(f.image) for f in frames])
+            polarity = "bright" if config.imaging_mode == "haadf" else "dark"
+            images = np.stack([normalise(to_dark_particles(f.image, polarity)) for f in frames])
             labs = np.stack([_labels_from(f.image, f.labels, labels, pseudo, "dark",
                                           f.pixel_size_nm) for f in frames])
             save_experiment(folder, e, images, labs)

@@ -38,24 +38,40 @@ class TrainedModel:
         return float(value) if value else None
 
 
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL|GLOBAL)\s+([\w.]+)", re.I)
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line ``CheckpointError`` messages.
+
+    A file carrying pickled objects other than plain data and tensors is refused because
+    unpickling it could run code; damaged or foreign files are named as unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        if found:
+            raise CheckpointError(path, "refused: loading it could run code (it holds the pickled "
+                                        f"global {found[1]}, not plain data or tensors)") from None
+        detail = re.search(r"Unsupported \w+ \S+|invalid load key[^\n]*", str(err))
+        raise CheckpointError(path, "not a readable PyTorch checkpoint "
+                                    f"({detail[0] if detail else 'corrupt pickle data'})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})"[:300]) from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the network of a temseg checkpoint with ``torch.load(weights_only=True)``.
 
     A checkpoint carrying arbitrary pickled objects (code) is refused with a ``CheckpointError``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
-        if found:
-            raise CheckpointError(path, f"refused: it holds pickled objects that are not plain "
-                                        f"data or tensors, which could run code ({found[0]})") from None
-        raise CheckpointError(path, "not a readable PyTorch checkpoint (corrupt pickle data)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err})"[:300]) from None
+    ckpt = safe_torch_load(path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(path, "not a Lightning checkpoint (no state_dict)")
     hp = ckpt.get("hyper_parameters") or {}

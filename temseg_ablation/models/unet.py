@@ -1,11 +1,12 @@
-"""One configurable UNet covering the paper's fifteen variants and its hourglass network.
+"""One configurable UNet covering the paper's fifteen variants (and, without skips, a UNet-shaped hourglass).
 
 Channel plans follow the paper's code (its Supplementary Fig. 2):
 
 * depth 4 (1024 x 1024 model): encoder 8-16-32-64, transposed-conv decoder 32-32-16-16, a
-  3 x 3 head conv to 8 channels and a 1 x 1 conv to the classes;
-* depth 3 (512 x 512 model): encoder 8-16-32, decoder 16-8-8 and a 3 x 3 conv straight to the
-  classes (no hidden head).
+  3 x 3 head conv to 8 channels and a 1 x 1 conv to the classes (:func:`paper_plan`);
+* the 512 x 512 model: encoder 8-16-32, decoder 16-8-8 and a 3 x 3 conv straight to the
+  classes (no hidden head) -- it changes widths and head as well as depth
+  (:func:`paper_512_plan`).
 
 Every conv is ``norm(act(conv(x)))``; the output layer gets the same treatment when
 ``output_activation`` is on, which is what makes the paper's dying-ReLU output possible.
@@ -40,21 +41,46 @@ class ChannelPlan:
             raise ValueError("channel plan needs at least one level")
 
 
-def paper_plan(depth: int) -> ChannelPlan:
-    """Return the paper's channel plan for ``depth`` levels (3 and 4 are the paper's own)."""
-    if depth == 3:
-        return ChannelPlan((8, 16, 32), (16, 8, 8), None)
+def level_widths(level: int) -> tuple[int, int]:
+    """(encoder width, decoder width) of UNet level ``level`` (0 = full resolution).
+
+    The paper's 4-level model has encoder 8-16-32-64 and, level by level from the top, decoder
+    16-16-32-32: the encoder doubles every level, the decoder every second level. Fixing the
+    width *per level* (not per position from the bottom) is what lets depth vary alone.
+    """
+    if level < 0:
+        raise ValueError(f"level must be >= 0, got {level}")
+    return 8 * 2**level, 16 * 2 ** (level // 2)
+
+
+def paper_plan(depth: int = 4) -> ChannelPlan:
+    """The paper's 4-level channel plan, with levels added or removed at the bottom.
+
+    Each level keeps the widths it has in the paper's depth-4 model (:func:`level_widths`) and
+    the head stays a 3 x 3 conv to 8 channels, so only the number of levels changes:
+
+    * depth 3: encoder 8-16-32, decoder (bottom to top) 32-16-16, head 8;
+    * depth 4: encoder 8-16-32-64, decoder 32-32-16-16, head 8 (the paper's own);
+    * depth 5: encoder 8-16-32-64-128, decoder 64-32-32-16-16, head 8.
+
+    For the paper's 512 x 512 model, which also narrows the decoder and drops the head, use
+    :func:`paper_512_plan`.
+    """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    encoder = tuple(8 * 2**i for i in range(depth))
-    # The 4-level model's decoder widths (32, 32, 16, 16) follow "two steps per encoder width,
-    # starting one level below the bottom"; the same rule extends it to other depths.
-    decoder = tuple(encoder[max(depth - 2 - j // 2, 0)] for j in range(depth))
+    widths = [level_widths(i) for i in range(depth)]
+    encoder = tuple(enc for enc, _ in widths)
+    decoder = tuple(dec for _, dec in reversed(widths))  # the decoder runs bottom to top
     return ChannelPlan(encoder, decoder, 8)
 
 
+def paper_512_plan() -> ChannelPlan:
+    """The paper's 512 x 512 model: encoder 8-16-32, decoder 16-8-8, no hidden head conv."""
+    return ChannelPlan((8, 16, 32), (16, 8, 8), None)
+
+
 class UNet(nn.Module):
-    """Configurable UNet / hourglass encoder-decoder for two-class segmentation.
+    """Configurable UNet (or, with ``skips=False``, a skip-less UNet) for two-class segmentation.
 
     Parameters
     ----------
@@ -74,7 +100,8 @@ class UNet(nn.Module):
         Pass the class logits through activation (and norm) like every other layer, as the
         paper did. Off gives a plain linear output layer.
     skips
-        Concatenate encoder maps into the decoder (UNet); off gives the hourglass network.
+        Concatenate encoder maps into the decoder (UNet); off gives the ``unet_noskip``
+        network (not the paper's hourglass, which is ``EncoderDecoderCNN``).
     """
 
     def __init__(

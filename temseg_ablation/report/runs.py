@@ -5,96 +5,30 @@ Only reads the tracking store; the frames feed ``compare_plots`` and the browsin
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+from ..tracking import queries
+from ..tracking.queries import latest_sweep_run_id, open_client  # noqa: F401 - public here too
+from ..tracking.tags import TAG_HASH, TAG_PARENT, TAG_VARIANT
 
 #: Config keys that tell the ablation variants apart (logged as params by every job).
 KEY_PARAMS = ("net.arch", "net.norm", "net.extra_conv", "data.blur_sigma", "net.activation",
               "net.kernel_size", "net.depth", "optim.lr", "seed")
 #: Threshold-curve series read by ``load_curves`` by default.
 CURVE_NAMES = ("precision", "recall", "f1", "f1_mean", "f1_std")
-TAG_KIND = "temseg.kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_VARIANT = "temseg.variant"
-TAG_HASH = "temseg.config_hash"
-_PAGE = 1000
-
-
-def open_client(tracking_uri: str) -> MlflowClient:
-    """An ``MlflowClient`` for ``tracking_uri``; a sqlite file that does not exist is an error.
-
-    MLflow would silently create an empty database there, which then looks like "no runs".
-    """
-    if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no MLflow tracking database here "
-                                    f"(tracking URI {tracking_uri}); run a sweep first")
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _search(client: MlflowClient, experiment_id: str, query: str,
-            order_by: Sequence[str] = ("attributes.start_time ASC",),
-            max_results: int | None = None) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], query, order_by=list(order_by),
-                                  max_results=min(_PAGE, max_results or _PAGE), page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token or (max_results and len(runs) >= max_results):
-            return runs
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, experiment_name: str) -> str:
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
+    exp_id = queries.experiment_id(client, experiment_name)
+    if exp_id is None:
         names = ", ".join(e.name for e in client.search_experiments(max_results=20)) or "none"
         raise ValueError(f"{tracking_uri}: no experiment named {experiment_name!r} "
                          f"(experiments there: {names})")
-    return exp.experiment_id
-
-
-def latest_sweep_run_id(client: MlflowClient, experiment_id: str) -> str | None:
-    """Id of the most recently started sweep parent run of the experiment, or None."""
-    runs = _search(client, experiment_id, f"tags.`{TAG_KIND}` = 'sweep'",
-                   order_by=("attributes.start_time DESC",), max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-@contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    # MLflow draws a tqdm bar for every download, which clutters notebooks and logs
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def _summary_run_ids(client: MlflowClient, sweep_run_id: str) -> list[str]:
-    """Run ids in the sweep's ``summary.csv`` artifact: includes jobs skipped as already finished,
-    whose runs stay under the sweep that trained them."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-            path = client.download_artifacts(sweep_run_id, "summary.csv", tmp)
-            ids = pd.read_csv(path).get("run_id")
-            return [] if ids is None else [str(i) for i in ids.dropna()]
-    except Exception:  # noqa: BLE001 - a sweep still running (or killed) has no summary yet
-        return []
+    return exp_id
 
 
 def _parse_param(value: str | None) -> Any:
@@ -149,7 +83,7 @@ def load_sweep_runs(tracking_uri: str, experiment_name: str = "temseg-ablation",
     client = open_client(tracking_uri)
     exp_id = _experiment_id(client, tracking_uri, experiment_name)
     if sweep_run_id is None:
-        runs = _search(client, exp_id, f"tags.`{TAG_KIND}` = 'job'")
+        runs = queries.job_runs(client, exp_id)
     else:
         if sweep_run_id == "latest":
             sweep_run_id = latest_sweep_run_id(client, exp_id)
@@ -162,16 +96,7 @@ def load_sweep_runs(tracking_uri: str, experiment_name: str = "temseg-ablation",
             except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids
                 raise ValueError(f"{tracking_uri}: no run with id {sweep_run_id!r} "
                                  f"({str(err).splitlines()[0][:120]})") from None
-        runs = _search(client, exp_id, f"tags.`{TAG_PARENT}` = '{sweep_run_id}'")
-        have = {r.info.run_id for r in runs}
-        for run_id in _summary_run_ids(client, sweep_run_id):
-            if run_id in have:
-                continue
-            try:
-                runs.append(client.get_run(run_id))
-            except Exception:  # noqa: BLE001 - a listed run deleted since; nothing to show
-                continue
-            have.add(run_id)
+        runs = queries.sweep_runs(client, exp_id, sweep_run_id)
     base = ["run_id", "run_name", "status", "variant", "parent_run_id", "config_hash",
             "start_time", *params]
     if not runs:
@@ -179,14 +104,6 @@ def load_sweep_runs(tracking_uri: str, experiment_name: str = "temseg-ablation",
     df = pd.DataFrame([_row(r, params) for r in runs])
     finals = sorted(c for c in df.columns if c.startswith("final/"))
     return df[base + finals].sort_values("start_time", kind="stable").reset_index(drop=True)
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
-    """A stepped metric as a Series indexed by step (the latest value wins on repeated steps,
-    e.g. when a resumed job logged its final evaluation again)."""
-    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-    values = {m.step: m.value for m in hist}
-    return pd.Series(values, name=key.rsplit("/", 1)[-1], dtype=float)
 
 
 def load_curves(tracking_uri: str, run_ids: Iterable[str], split: str = "val",
@@ -200,7 +117,8 @@ def load_curves(tracking_uri: str, run_ids: Iterable[str], split: str = "val",
     client = open_client(tracking_uri)
     frames = []
     for run_id in run_ids:
-        series = [_history(client, run_id, f"curve/{split}/{name}") for name in names]
+        series = [queries.metric_history(client, run_id, f"curve/{split}/{name}")
+                  for name in names]
         if all(s.empty for s in series):
             continue
         df = pd.concat(series, axis=1).sort_index()

@@ -1,7 +1,8 @@
 """Segment real frames with a trained network (or the classical pipeline) and measure particles.
 
-Library functions are pure and work on arrays and tables; the command line lives in ``cli``
-(``python -m temseg_ablation.segment --help``).
+Library functions are pure and work on arrays and tables; the batch pipeline is
+``run_segmentation(inputs, SegmentOptions(...))`` (``pipeline``) and the command line in ``cli``
+only parses its arguments into ``SegmentOptions`` (``python -m temseg_ablation.segment --help``).
 """
 
 from .infer import (
@@ -16,11 +17,15 @@ from .infer import (
 )
 from .loading import load_model, register_model
 from .measure import frame_summary, label_particles, measure_labels, measure_particles
+from .pipeline import SegmentError, SegmentOptions, default_tracking_uri, run_segmentation
 from .track import coarsening_curves, estimate_shift, link_frames, link_particles
 
 __all__ = [
     "FrameSegmentation",
+    "SegmentError",
+    "SegmentOptions",
     "coarsening_curves",
+    "default_tracking_uri",
     "estimate_shift",
     "frame_summary",
     "label_particles",
@@ -35,6 +40,7 @@ __all__ = [
     "receptive_field_px",
     "register_model",
     "rescale_factor",
+    "run_segmentation",
     "segment_frames",
     "segment_image",
 ]

@@ -1,31 +1,28 @@
-"""``python -m temseg_ablation.segment``: segment frames, measure particles, track coarsening."""
+"""``python -m temseg_ablation.segment``: parse arguments into ``SegmentOptions`` and run them.
+
+The work is done by :func:`temseg_ablation.segment.pipeline.run_segmentation`; this module maps
+its errors to one-line messages and exit codes.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
-import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
 
 from .infer import DEFAULT_OVERLAP, DEFAULT_TILE
-from .loading import DEFAULT_TRACKING_URI
-from .measure import FRAME_COLUMNS, PARTICLE_COLUMNS
+from .pipeline import SegmentError, SegmentOptions, run_segmentation
 
-EXIT_OK, EXIT_NOTHING = 0, 2
+EXIT_OK, EXIT_NOTHING = 0, 2  # 2: nothing segmented, or a bad option / model / output folder
 _EPILOG = """\
 MODEL is a checkpoint file, an MLflow run id (its checkpoints/best.ckpt artifact is used),
 models:/NAME/VERSION from the model registry, or 'classical' (the pseudo-labelling pipeline,
 no network). FRAMES are files, glob patterns or folders (DM3/DM4/EMD/TIA/TIFF/PNG/NPY/HSPY);
-unreadable files are reported and skipped.
+unreadable files are reported and skipped. Results are written frame by frame; a rerun into
+the same --out with the same options continues where the last one stopped.
 
 examples:
   python -m temseg_ablation.segment --model outputs/ckpt/best.ckpt --out seg run42/*.dm4
@@ -58,6 +55,16 @@ def _positive(kind):
     return parse
 
 
+def _pixel_size(text: str) -> str | float:
+    # the plausible range is checked by SegmentOptions.validate, as one line without the usage
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (nm/px) or 'auto', got {text!r}") from None
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -78,14 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("frames", nargs="+", metavar="FRAMES", help="files, glob patterns or folders")
     p.add_argument("--model", required=True, help="checkpoint, run id, models:/NAME/VERSION or 'classical'")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
-                   help=f"MLflow store for run ids and registered models (default {DEFAULT_TRACKING_URI}, "
-                        "relative paths against the current folder)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store for run ids and registered models (default: $MLFLOW_TRACKING_URI "
+                        "if set, else sqlite:///<$TEMSEG_ROOT or .>/mlruns/mlflow.db; relative "
+                        "paths against the current folder)")
     g = p.add_argument_group("input")
     g.add_argument("--particles", choices=("dark", "bright"), default="dark",
                    help="particle polarity of the frames: dark (bright-field TEM) or bright (HAADF)")
-    g.add_argument("--pixel-size-nm", type=_positive(float), default=None,
-                   help="pixel size (nm); overrides the file's calibration")
+    g.add_argument("--pixel-size-nm", type=_pixel_size, default=None,
+                   help="pixel size (nm/px, 0.001-100) that overrides every file's calibration, or "
+                        "'auto': frames without a calibration are brought to the model's training "
+                        "scale from their typical particle diameter (estimated; see frames.csv "
+                        "scale_source / scale_confidence)")
+    g.add_argument("--model-particle-diameter-nm", type=_positive(float), default=None,
+                   help="with --pixel-size-nm auto: typical particle diameter (nm) of the model's "
+                        "training frames (default: the checkpoint's record, else the synthetic "
+                        "generator's 5 nm)")
     g.add_argument("--no-rescale", action="store_true",
                    help="do not resize frames to the model's training pixel size")
     g = p.add_argument_group("segmentation")
@@ -135,319 +150,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-prob", action="store_true",
                    help="also write probability maps (float32 TIFF) under prob/")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results in --out made with other options (default: continue "
+                        "a folder made with the same options, skipping frames already done; refuse "
+                        "one made with other options)")
     return p
 
 
-@dataclass
-class _Run:
-    """Everything one invocation collects."""
-
-    out: Path
-    tables: list[pd.DataFrame] = field(default_factory=list)
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    seconds_segment: float = 0.0
-    stems: dict[str, int] = field(default_factory=dict)
-
-    def stem(self, path: Path) -> str:
-        """File stem, made unique when two inputs share one."""
-        n = self.stems.get(path.stem, 0)
-        self.stems[path.stem] = n + 1
-        return path.stem if n == 0 else f"{path.stem}-{n + 1}"
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return name
-
-
-def _save_mask(mask: np.ndarray, path: Path, fmt: str) -> None:
-    data = mask.astype(np.uint8) * 255
-    if fmt == "png":
-        from PIL import Image
-
-        Image.fromarray(data).save(path, optimize=False)
-    else:
-        import tifffile
-
-        tifffile.imwrite(path, data, compression="zlib")
+def options_from_args(args: argparse.Namespace) -> SegmentOptions:
+    """The parsed command line as ``SegmentOptions``."""
+    names = {f.name for f in dataclasses.fields(SegmentOptions)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return SegmentOptions(**values, rescale=not args.no_rescale, progress=not args.no_progress)
 
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _segment_all(args: argparse.Namespace, run: _Run, model, paths: list[Path]) -> None:
-    """Read, segment and measure every frame, filling ``run``."""
-    from tqdm.auto import tqdm
-
-    from ..data.readers import ReadError, read_frames
-    from .infer import classical_mask, segment_image
-    from .measure import frame_summary, label_particles, measure_labels, min_area_px, remove_small
-
-    split = None
-    if args.split_touching:
-        from ..data.instances import split_touching as split
-
-    masks_dir = run.out / "masks"
-    masks_dir.mkdir(parents=True, exist_ok=True)
-    if args.save_prob:
-        (run.out / "prob").mkdir(exist_ok=True)
-    bar = tqdm(total=0, unit="frame", desc="segmenting", disable=args.no_progress, file=sys.stderr)
-    for path in paths:
-        try:
-            stack = read_frames(path, particles=args.particles)
-        except ReadError as err:
-            run.failures.append(str(err))
-            bar.write(f"skipping {err}", file=sys.stderr)
-            continue
-        px = args.pixel_size_nm or stack.pixel_size_nm
-        stem = run.stem(stack.path)
-        bar.total += stack.n_frames
-        bar.refresh()
-        for k, image in enumerate(stack.images):
-            t0 = time.perf_counter()
-            try:
-                min_area = min_area_px(args.min_size_px, args.min_size_nm, px)
-                if model is None:
-                    seg = classical_mask(image, particles=args.particles, threshold=args.threshold,
-                                         sigma_px=args.classical_sigma_px,
-                                         opening_radius_px=args.classical_opening_px)
-                else:
-                    seg = segment_image(model, image, particles=args.particles, pixel_size_nm=px,
-                                        rescale=not args.no_rescale, threshold=args.threshold,
-                                        tile=args.tile, overlap=args.overlap,
-                                        batch_size=args.batch_size, device=args.device)
-                if split is not None:
-                    parts = split(seg.mask, min_distance_px=args.split_min_distance_px)
-                    labels = remove_small(np.asarray(parts, dtype=np.int32), min_area)
-                else:
-                    labels = label_particles(seg.mask, min_area)
-            except ValueError as err:
-                run.failures.append(f"{stack.path} frame {k}: {err}")
-                bar.write(f"skipping {stack.path} frame {k}: {err}", file=sys.stderr)
-                bar.update(1)
-                continue
-            if k == 0 and not 0.25 <= seg.scale <= 4.0:
-                bar.write(f"note: {stack.path} is rescaled by {seg.scale:.3g} to the model's pixel "
-                          "size; frames far from the training magnification segment poorly",
-                          file=sys.stderr)
-            mask = labels > 0
-            table = measure_labels(labels, px)
-            run.seconds_segment += time.perf_counter() - t0
-            index = len(run.frames)
-            name = f"{stem}_f{k:04d}.{args.mask_format}"
-            _save_mask(mask, masks_dir / name, args.mask_format)
-            if args.save_prob and seg.prob is not None:
-                import tifffile
-
-                tifffile.imwrite(run.out / "prob" / f"{stem}_f{k:04d}.tif", seg.prob)
-            table.insert(0, "frame_in_source", k)
-            table.insert(0, "source", str(stack.path))
-            table.insert(0, "frame", index)
-            run.tables.append(table)
-            h, w = mask.shape
-            run.frames.append({
-                "frame": index, "source": str(stack.path), "frame_in_source": k,
-                "height": h, "width": w, "pixel_size_nm": px if px else float("nan"),
-                "scale_factor": seg.scale, "threshold": seg.threshold,
-                **frame_summary(table, mask), "mask": f"masks/{name}",
-            })
-            bar.update(1)
-    bar.close()
-
-
-def _max_disp_px(args: argparse.Namespace, px: float | None) -> float:
-    if args.max_disp_px:
-        return float(args.max_disp_px)
-    if px:
-        return float(args.max_disp_nm or 1.0) / px
-    if args.max_disp_nm:
-        raise ValueError("--max-disp-nm needs the pixel size (from the file or --pixel-size-nm)")
-    return 5.0
-
-
-def _track(args: argparse.Namespace, run: _Run) -> pd.DataFrame:
-    """Link particles per sequence; returns the coarsening curves and sets track ids on ``run``."""
-    from .track import coarsening_curves, link_particles
-
-    frames = pd.DataFrame(run.frames)
-    mode = args.sequence
-    if mode == "auto":
-        mode = "file" if frames.groupby("source").size().max() > 1 else "all"
-    keys = frames["source"] if mode == "file" else pd.Series("all", index=frames.index)
-    curves, next_id = [], 1
-    for key, sub in frames.groupby(keys, sort=False):
-        sub = sub.sort_values("frame")
-        px = float(sub["pixel_size_nm"].median())
-        disp = _max_disp_px(args, px if np.isfinite(px) else None)
-        search = disp * 4 if args.drift_search_px is None else float(args.drift_search_px)
-        # time runs with the frame number in the file, so a failed frame leaves a gap
-        seq_index = (sub["frame_in_source"].to_numpy() if mode == "file"
-                     else np.arange(len(sub)))
-        tables = [run.tables[int(f)].assign(frame_in_sequence=int(j))
-                  for j, f in zip(seq_index, sub["frame"], strict=True)]
-        linked = link_particles(tables, disp, drift_search_px=search or None,
-                                first_track_id=next_id)
-        for f, g in linked.groupby("frame", sort=False):
-            run.tables[int(f)]["track_id"] = g["track_id"].to_numpy()
-        if len(linked):
-            next_id = int(linked["track_id"].max()) + 1
-        seq_table = linked.drop(columns=["frame"]).rename(columns={"frame_in_sequence": "frame"})
-        c = coarsening_curves(seq_table, 1.0, args.frame_interval_s, frames=seq_index)
-        # frames of one sequence may differ in size or calibration: each gets its own area
-        area_um2 = (sub["height"] * sub["width"] * sub["pixel_size_nm"] ** 2 / 1e6).to_numpy()
-        c["number_density_per_um2"] = c["count"].to_numpy() / area_um2
-        c = c.rename(columns={"frame": "frame_in_sequence"})
-        c.insert(0, "frame", sub["frame"].to_numpy())
-        c.insert(0, "sequence", key if mode == "file" else "all")
-        curves.append(c)
-    return pd.concat(curves, ignore_index=True)
-
-
-def _write_outputs(args: argparse.Namespace, run: _Run, model_info: dict[str, Any],
-                   seconds_total: float) -> dict[str, Any]:
-    from .plots import plot_coarsening, plot_size_distribution
-
-    out = run.out
-    written = ["frames.csv", "particles.csv", "size_distribution.png"]
-    curves = None
-    if args.track and run.frames:
-        curves = _track(args, run)
-    columns = ["frame", "source", "frame_in_source", *PARTICLE_COLUMNS]
-    if args.track:
-        columns.append("track_id")
-    particles = (pd.concat(run.tables, ignore_index=True)[columns] if run.tables
-                 else pd.DataFrame(columns=columns))
-    particles.to_csv(out / "particles.csv", index=False)
-    frame_cols = ["frame", "source", "frame_in_source", "height", "width", "pixel_size_nm",
-                  "scale_factor", "threshold", *FRAME_COLUMNS, "mask"]
-    frames = pd.DataFrame(run.frames, columns=frame_cols)
-    frames.to_csv(out / "frames.csv", index=False)
-
-    interior = particles.loc[~particles["touches_border"].astype(bool)] if len(particles) else particles
-    diam_nm = interior["equivalent_diameter_nm"].to_numpy(np.float64) if len(interior) else np.zeros(0)
-    unit = "nm"
-    if len(interior) and not np.isfinite(diam_nm).any():
-        diam_nm, unit = interior["equivalent_diameter_px"].to_numpy(np.float64), "px"
-    plot_size_distribution(diam_nm, out / "size_distribution.png", unit=unit,
-                           title=f"equivalent diameters of {len(interior)} particles not touching "
-                                 f"the frame border, {len(run.frames)} frame(s)")
-    if curves is not None:
-        curves.to_csv(out / "coarsening.csv", index=False)
-        plot_coarsening(curves, out / "coarsening.png")
-        written += ["coarsening.csv", "coarsening.png"]
-    if run.failures:
-        (out / "failed.txt").write_text("\n".join(run.failures) + "\n")
-        written.append("failed.txt")
-    n = len(run.frames)
-    finite = diam_nm[np.isfinite(diam_nm)]
-    summary = {
-        "command": ["python", "-m", "temseg_ablation.segment", *args.argv],
-        "model": model_info,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k not in ("frames", "out", "argv")},
-        "inputs": [str(f) for f in args.frames],
-        "frames_processed": n,
-        "files_processed": int(frames["source"].nunique()) if n else 0,
-        "failures": run.failures,
-        "particles": int(len(particles)),
-        "particles_not_touching_border": int(len(interior)),
-        "median_diameter": float(np.median(finite)) if finite.size else None,
-        "diameter_unit": unit,
-        "scale_factors": sorted({round(float(s), 6) for s in frames["scale_factor"]}) if n else [],
-        "pixel_sizes_nm": sorted({round(float(s), 6) for s in frames["pixel_size_nm"]
-                                  if np.isfinite(s)}) if n else [],
-        "thresholds": {"min": float(frames["threshold"].min()), "max": float(frames["threshold"].max()),
-                       "mean": float(frames["threshold"].mean())} if n else None,
-        "seconds_segmentation": round(run.seconds_segment, 3),
-        "seconds_total": round(seconds_total, 3),
-        "frames_per_s": round(n / run.seconds_segment, 4) if run.seconds_segment > 0 else None,
-        "outputs": [*written, "masks/"] + (["prob/"] if args.save_prob else []),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The TrainedModel (None in classical mode) and what the summary says about it."""
-    if args.model == "classical":
-        info = {"kind": "classical", "sigma_px": args.classical_sigma_px,
-                "opening_radius_px": args.classical_opening_px}
-        return None, info
-    from .infer import input_multiple, model_pixel_size_nm, receptive_field_px
-    from .loading import load_model
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    args.device = _device(args.device)
-    model = load_model(args.model, args.tracking_uri)
-    model.net.to(args.device)
-    m = input_multiple(model.net)
-    if args.tile % m:
-        raise ValueError(f"--tile {args.tile} must be a multiple of {m} (the network's input multiple)")
-    if args.tile - 2 * args.overlap < m:
-        raise ValueError(f"--overlap {args.overlap} is too large for --tile {args.tile}")
-    rf = receptive_field_px(model.net)
-    if args.overlap < rf:
-        _err(f"note: --overlap {args.overlap} is below the network's receptive-field radius "
-             f"({rf} px); tiles of large frames may differ slightly at their seams (use "
-             f"--overlap {rf} for exact stitching)")
-    info = {"kind": "network", "source": model.source, "net_config": model.net_config,
-            "preprocess": model.preprocess, "model_pixel_size_nm": model_pixel_size_nm(model.preprocess),
-            "input_multiple": m, "receptive_field_px": rf, "device": str(args.device)}
-    return model, info
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0: some frames processed, 2: none)."""
+    """Run the command; returns the exit status (0: some frames processed, 2: none or a setup error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
-    t_start = time.perf_counter()
-    from ..data.readers import expand_inputs
-    from ..models.io import CheckpointError
-    from .loading import ModelSpecError
-
+    options = options_from_args(args)
     try:
-        model, model_info = _load(args)
-    except (CheckpointError, ModelSpecError, ValueError) as err:
-        _err(f"error: {err}")
+        summary = run_segmentation(args.frames, options, command=argv, log=_err)
+    except (SegmentError, OSError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _err(f"error: {text}")
         return EXIT_NOTHING
-    if args.split_touching:
-        try:
-            import temseg_ablation.data.instances  # noqa: F401
-        except ImportError:
-            _err("error: --split-touching needs temseg_ablation.data.instances, which is not installed")
-            return EXIT_NOTHING
-    run = _Run(out=args.out)
-    run.out.mkdir(parents=True, exist_ok=True)
-    paths = expand_inputs(args.frames)
-    _segment_all(args, run, model, paths)
-    try:
-        summary = _write_outputs(args, run, model_info, time.perf_counter() - t_start)
-    except ValueError as err:
-        _err(f"error: {err}")
-        return EXIT_NOTHING
-    if run.failures:
-        _err(f"{len(run.failures)} input(s) failed (listed in {run.out / 'failed.txt'}):")
-        for line in run.failures:
+    out = options.out
+    if summary["failures"]:
+        _err(f"{len(summary['failures'])} input(s) failed (listed in {out / 'failed.txt'}):")
+        for line in summary["failures"]:
             _err(f"  {line}")
-    if not run.frames:
+    if not summary["frames_processed"]:
         _err("error: no frame could be segmented")
         return EXIT_NOTHING
+    n_none = summary["frames_without_calibration"]
+    if n_none and n_none < summary["frames_processed"]:
+        _err(f"note: {n_none} of {summary['frames_processed']} frame(s) had no calibration; nm "
+             "statistics cover the calibrated frames, per pixel size in summary.json")
     fps = summary["frames_per_s"]
     med = summary["median_diameter"]
     med_text = "" if med is None else f", median diameter {med:.3g} {summary['diameter_unit']}"
-    print(f"segmented {summary['frames_processed']} frame(s) from {summary['files_processed']} "
+    done = (f" ({summary['frames_already_done']} already done, skipped)"
+            if summary["frames_already_done"] else "")
+    print(f"segmented {summary['frames_processed']} frame(s){done} from {summary['files_processed']} "
           f"file(s): {summary['particles']} particles ({summary['particles_not_touching_border']} "
-          f"not touching the border{med_text}); {fps} frames/s; outputs in {run.out}")
+          f"not touching the border{med_text}); {fps} frames/s; outputs in {out}")
     return EXIT_OK

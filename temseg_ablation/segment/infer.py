@@ -1,8 +1,8 @@
 """Tiled, training-matched inference of a trained network (or the classical pipeline) on frames.
 
-Preprocessing repeats what the training data went through: particles made dark, percentile
-normalisation to [0, 1] at the native pixel size, resizing to the model's pixel size, then the
-model's Gaussian blur. The probability map is mapped back to the frame's own grid before it is
+Preprocessing is the one shared with training (:class:`temseg_ablation.data.preprocess.Preprocess`,
+rebuilt from the checkpoint): particles made dark, percentile normalisation to [0, 1] at the
+native pixel size, resizing to the model's pixel size, then the model's Gaussian blur. The probability map is mapped back to the frame's own grid before it is
 thresholded, so masks and measurements always refer to the pixels of the input file.
 
 Tiles start at multiples of the network's ``input_multiple`` on the padded frame and each tile
@@ -23,14 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.readers import to_dark_particles
-from ..data.transforms import gaussian_blur, normalise, resize_image
+from ..data.preprocess import MAX_RESCALED_PIXELS, Preprocess
+from ..data.transforms import resize_image
 from ..models import pad_to_multiple
 from ..models.io import TrainedModel
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
+    "MAX_RESCALED_PIXELS",
     "FrameSegmentation",
     "classical_mask",
     "input_multiple",
@@ -47,8 +48,6 @@ __all__ = [
 
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
-# A rescaled frame beyond this many pixels is refused rather than exhausting memory.
-MAX_RESCALED_PIXELS = 2**28
 
 
 @dataclass
@@ -67,21 +66,11 @@ def input_multiple(net: nn.Module) -> int:
 
 
 def model_pixel_size_nm(preprocess: dict[str, Any]) -> float | None:
-    """Pixel size (nm) of the frames the network actually saw in training, or None if unrecorded.
+    """Pixel size (nm) of the frames the network saw in training (None if unrecorded).
 
-    Whole-frame downsampling (``resolution='downsample'``) enlarges the recorded native pixel size
-    by the mean of the two axis factors, as the training preprocessing did.
+    Thin wrapper of ``Preprocess.from_dict(preprocess).network_pixel_size_nm``.
     """
-    value = preprocess.get("pixel_size_nm")
-    if not value:
-        return None
-    size = float(value)
-    if preprocess.get("resolution") == "downsample":
-        shape = preprocess.get("frame_shape") or []
-        ds = preprocess.get("downsample_size")
-        if len(shape) == 2 and ds:
-            size *= 0.5 * (float(shape[0]) / float(ds) + float(shape[1]) / float(ds))
-    return size
+    return Preprocess.from_dict(preprocess).network_pixel_size_nm
 
 
 def rescale_factor(frame_pixel_size_nm: float | None, model_pixel_size: float | None) -> float:
@@ -97,19 +86,9 @@ def prepare_image(
     """Training-matched network input: dark particles, percentile-normalised, resized, blurred.
 
     ``image`` (H, W) raw intensities; returns float32 (round(H * scale), round(W * scale)).
+    Thin wrapper of ``Preprocess(blur_sigma=blur_sigma).apply``.
     """
-    img = to_dark_particles(np.asarray(image, dtype=np.float32), particles)
-    img = normalise(img)
-    if scale != 1.0:
-        shape = (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
-        if shape[0] * shape[1] > MAX_RESCALED_PIXELS:
-            raise ValueError(
-                f"rescaling {img.shape[0]} x {img.shape[1]} by {scale:.3g} gives {shape[0]} x "
-                f"{shape[1]} px, too large; check the pixel size or use --no-rescale"
-            )
-        if shape != img.shape:
-            img = resize_image(img, shape)
-    return gaussian_blur(img, float(blur_sigma)).astype(np.float32, copy=False)
+    return Preprocess(blur_sigma=float(blur_sigma)).apply(image, particles=particles, scale=scale)
 
 
 def receptive_field_px(net: nn.Module, max_size: int = 4096) -> int:
@@ -224,7 +203,7 @@ def predict_proba(
 
 def threshold_prob(prob: np.ndarray, threshold: str | float = "otsu") -> tuple[np.ndarray, float]:
     """Bool mask ``prob >= t`` and ``t``: the frame's Otsu threshold (``'otsu'``) or a fixed value."""
-    from ..training.metrics import binarize, otsu_threshold
+    from ..metrics.pixel import binarize, otsu_threshold
 
     t = otsu_threshold(prob) if threshold == "otsu" else float(threshold)
     return np.asarray(binarize(prob, t)), float(t)
@@ -259,18 +238,24 @@ def segment_image(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     device: str | torch.device | None = None,
+    scale: float | None = None,
 ) -> FrameSegmentation:
-    """Segment one raw frame (H, W): probability and mask on the frame's own pixel grid."""
+    """Segment one raw frame (H, W): probability and mask on the frame's own pixel grid.
+
+    The frame is resized by ``scale`` when given (e.g. from a particle-scale estimate), else by
+    ``pixel_size_nm`` over the model's network pixel size (1.0 without ``rescale``).
+    """
     image = np.asarray(image)
-    scale = rescale_factor(pixel_size_nm, model_pixel_size_nm(model.preprocess)) if rescale else 1.0
-    x = prepare_image(image, particles=particles,
-                      blur_sigma=float(model.preprocess.get("blur_sigma") or 0.0), scale=scale)
+    pre = Preprocess.from_dict(model.preprocess)
+    if scale is None:
+        scale = rescale_factor(pixel_size_nm, pre.network_pixel_size_nm) if rescale else 1.0
+    x = pre.apply(image, particles=particles, scale=float(scale))
     prob = predict_proba(model.net, x, tile=tile, overlap=overlap, batch_size=batch_size,
                          device=device)
     if prob.shape != image.shape:
         prob = np.clip(resize_image(prob, image.shape), 0.0, 1.0)
     mask, t = threshold_prob(prob, threshold)
-    return FrameSegmentation(prob, mask, t, scale)
+    return FrameSegmentation(prob, mask, t, float(scale))
 
 
 def segment_frames(

@@ -33,7 +33,7 @@ class ModelSpecError(ValueError):
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
-    from ..build import absolute_uri
+    from ..tracking.uri import absolute_uri
 
     uri = absolute_uri(tracking_uri)
     if uri.startswith("sqlite:///"):

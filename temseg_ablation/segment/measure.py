@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
+
+from ..data.components import label_components
 
 __all__ = [
     "FRAME_COLUMNS",
@@ -62,13 +63,13 @@ def min_area_px(min_size_px: int = 0, min_diameter_nm: float | None = None,
 
 
 def label_particles(mask: np.ndarray, min_size_px: int = 0, connectivity: int = 2) -> np.ndarray:
-    """Instance labels int32 (H, W) of a bool mask: ``connectivity`` 1 (4-) or 2 (8-connected)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    structure = ndi.generate_binary_structure(2, connectivity)
-    labels, _ = ndi.label(mask.astype(bool, copy=False), structure=structure, output=np.int32)
-    return remove_small(labels, min_size_px)
+    """Instance labels int32 (H, W) of a bool mask: ``connectivity`` 1 (4-) or 2 (8-connected).
+
+    Components smaller than ``min_size_px`` are dropped and the rest numbered 1..n in raster
+    order (``data.components.label_components``, the one shared implementation).
+    """
+    labels, _ = label_components(mask, int(min_size_px), connectivity)
+    return labels
 
 
 def remove_small(labels: np.ndarray, min_size_px: int) -> np.ndarray:

@@ -9,13 +9,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .outdir import atomic_write
+
 __all__ = ["plot_coarsening", "plot_size_distribution"]
 
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
     return path
 
 

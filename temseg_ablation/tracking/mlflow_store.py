@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import logging
 import math
 import os
@@ -17,18 +18,20 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from . import queries
+from .tags import (  # noqa: F401 - re-exported: callers import the tags from here too
+    TAG_CHECKPOINT,
+    TAG_HASH,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_PROCESS,
+    TAG_RUN_NAME,
+    TAG_SWEEP,
+)
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-TAG_HASH = "temseg.config_hash"
-TAG_KIND = "temseg.kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
-TAG_SWEEP = "temseg.sweep_dir"
-TAG_CHECKPOINT = "temseg.checkpoint_dir"
-TAG_PROCESS = "temseg.process"
-
 
 #: Defaults for MLflow's own HTTP client. Its stock policy (7 retries, up to minutes per call)
 #: would freeze training while a server is down; ``with_retry`` and the outbox retry instead.
@@ -212,11 +215,9 @@ class Tracker:
         )
 
     def finished_run(self, config_hash: str) -> Any | None:
-        """The newest FINISHED run of this exact config, if any."""
-        for run in self.runs_with_hash(config_hash):
-            if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
-                return run
-        return None
+        """The newest FINISHED run of this exact config, if any (``queries.finished_run``)."""
+        return self._retry(lambda: queries.finished_run(self.client, self.experiment_id,
+                                                        config_hash), "search runs")
 
     def resumable_run(self, config_hash: str) -> Any | None:
         """The newest unfinished (RUNNING, FAILED or KILLED) run of this config, if any."""
@@ -270,13 +271,29 @@ class Tracker:
 
 
 def prepare_store(tracking_uri: str, timeout_s: float = DEFAULT_RETRY_TIMEOUT_S) -> None:
-    """Create the sqlite schema once, before any parallel writer or DDP rank touches it
-    (for a server: wait up to ``timeout_s`` until it answers)."""
+    """Create or migrate the sqlite schema under a file lock, before any parallel writer or DDP
+    rank touches it (for a server: wait up to ``timeout_s`` until it answers).
+
+    MLflow migrates a new sqlite store when a process first opens it; two commands doing that at
+    once race ("Online migration expected to match one row"), so the first opening of each
+    process is serialised by ``<db>.lock``.
+    """
     configure_client(tracking_uri)
+
+    def probe() -> None:
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    with_retry(lambda: MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1),
-               what=f"open tracking store {tracking_uri}", timeout_s=timeout_s)
+        db = Path(tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with_retry(probe, what=f"open tracking store {tracking_uri}", timeout_s=timeout_s)
+        finally:
+            os.close(fd)
+        return
+    with_retry(probe, what=f"open tracking store {tracking_uri}", timeout_s=timeout_s)
 
 
 def _start_ticks(pid: int) -> str | None:

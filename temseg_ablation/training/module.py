@@ -9,55 +9,36 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import Metric
 
-from .metrics import (
-    DeadOutputFraction,
-    EdgeUncertainty,
+from ..metrics.activation import (  # noqa: F401 - ActivationMoments re-exported for benchmarks
+    ActivationMoments,
+    output_norm_params,
+    probed_layers,
+    spread_ratio,
+)
+from ..metrics.edges import EdgeProfileMetrics
+from ..metrics.pixel import (
     PixelThresholdMetrics,
     binarize,
     otsu_thresholds,
     scalar_items,
 )
+from ..metrics.separation import ParticleSeparation
+from ..metrics.uncertainty import DeadOutputFraction, EdgeUncertainty
 
 
 def _probed_layers(net: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs make up the 'spread of activations through the layers'."""
-    from ..models.layers import ConvUnit
-
-    units = [m for m in net.modules() if isinstance(m, ConvUnit)]
-    return units or [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
-
-
-class ActivationMoments(Metric):
-    """Per-layer mean and standard deviation of activations, as DDP-summable moments."""
-
-    full_state_update = False
-
-    def __init__(self, n_layers: int) -> None:
-        super().__init__()
-        for name in ("total", "total_sq", "count"):
-            self.add_state(name, torch.zeros(n_layers, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, layer: int, activation: torch.Tensor) -> None:
-        """Add one layer's activation tensor (any shape)."""
-        a = activation.detach().to(torch.float64)
-        self.total[layer] += a.sum()
-        self.total_sq[layer] += (a * a).sum()
-        self.count[layer] += a.numel()
-
-    def compute(self) -> torch.Tensor:
-        """Per-layer population standard deviations, (n_layers,)."""
-        n = self.count.clamp(min=1)
-        return (self.total_sq / n - (self.total / n) ** 2).clamp(min=0).sqrt()
+    """Layers whose outputs make up the post-norm 'spread of activations through the layers'."""
+    return probed_layers(net, prenorm=False)
 
 
 class SegmentationModule(pl.LightningModule):
     """Two-class segmentation: cross-entropy on logits, softmax at inference (the paper's setup).
 
     Validation accumulates pixel metrics over thresholds and at Otsu, edge uncertainty, the dead
-    output fraction, the spread of activations through the layers and (optionally) particle-level
-    metrics. Results of the latest evaluation are kept in ``self.results[prefix]`` for tracking.
+    output fraction, the particle logit's AUROC, edge profiles (ramp width, offset), the spread
+    of activations through the layers after and before normalisation, the output norm's affine
+    and (optionally) particle-level metrics. Results of the latest evaluation are kept in ``self.results[prefix]`` for tracking.
     ``net_config`` (the ``build_model`` arguments) and ``preprocess`` (pixel size, blur, ...) are
     stored in every checkpoint, so a checkpoint alone rebuilds the network and its input pipeline.
     """
@@ -80,8 +61,12 @@ class SegmentationModule(pl.LightningModule):
         self.net = net
         self.save_hyperparameters(ignore=["net"])
         self.prefix = "val"
+        # (optimiser step, val/f1_otsu) of every validation run while fitting: the learning curve
+        # the convergence rule judges; kept in checkpoints so a resumed job keeps its history
+        self.val_curve: list[tuple[int, float]] = []
         self.results: dict[str, dict[str, Any]] = {}
         self._probed = _probed_layers(net)
+        self._probed_prenorm = probed_layers(net, prenorm=True)
         self._metrics = nn.ModuleDict(self._new_metrics())
         self._hooks: list[Any] = []
 
@@ -92,9 +77,12 @@ class SegmentationModule(pl.LightningModule):
             "edge": EdgeUncertainty(band_px=h.edge_band_px),
             "dead": DeadOutputFraction(),
             "activations": ActivationMoments(len(self._probed)),
+            "activations_prenorm": ActivationMoments(len(self._probed_prenorm)),
+            "separation": ParticleSeparation(),
+            "edge_profile": EdgeProfileMetrics(),
         }
         if h.particle_metrics:
-            from .particle_metrics import ParticleMetrics
+            from ..metrics.particle import ParticleMetrics
 
             metrics["particle"] = ParticleMetrics(
                 iou_threshold=h.match_iou,
@@ -127,11 +115,13 @@ class SegmentationModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:  # noqa: D102
         for m in self._metrics.values():
             m.reset()
-        moments = self._metrics["activations"]
-        for i, layer in enumerate(self._probed):
-            hook = layer.register_forward_hook(
-                lambda mod, args, out, i=i: moments.update(i, out))
-            self._hooks.append(hook)
+        for key, layers in (("activations", self._probed),
+                            ("activations_prenorm", self._probed_prenorm)):
+            moments = self._metrics[key]
+            for i, layer in enumerate(layers):
+                hook = layer.register_forward_hook(
+                    lambda mod, args, out, i=i, m=moments: m.update(i, out))
+                self._hooks.append(hook)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:  # noqa: D102
         out = self.net(batch["image"])
@@ -142,6 +132,9 @@ class SegmentationModule(pl.LightningModule):
         self._metrics["pixel"].update(prob, target)
         self._metrics["edge"].update(prob, target)
         self._metrics["dead"].update(out[:, 1])
+        # the particle channel's raw output, before the softmax couples it to the other class
+        self._metrics["separation"].update(out[:, 1], target)
+        self._metrics["edge_profile"].update(prob, batch.get("labels", target))
         if "particle" in self._metrics:
             # Particles are counted at each image's Otsu threshold, the paper's practical choice.
             otsu = otsu_thresholds(prob).view(-1, 1, 1)
@@ -170,23 +163,55 @@ class SegmentationModule(pl.LightningModule):
         scalars["f1_best"] = pixel["f1_mean"].max()
         scalars["edge_uncertainty"] = self._metrics["edge"].compute()
         scalars["dead_output_fraction"] = self._metrics["dead"].compute()
+        sep = self._metrics["separation"].compute()
+        scalars["particle_auroc"] = sep["auroc"]
+        scalars["particle_auroc_bin_error"] = sep["auroc_bin_error"]
+        scalars["particle_dead_on_true"] = sep["dead_on_true"]
+        scalars.update(self._metrics["edge_profile"].compute())
         if "particle" in self._metrics:
-            part = self._metrics["particle"].compute()
+            part = dict(self._metrics["particle"].compute())
             result["particle"] = dict(part)
+            for t in (1, 2, 3):
+                if f"boundary_f1_{t}px" in part:
+                    scalars[f"boundary_f1_{t}px"] = part.pop(f"boundary_f1_{t}px")
             scalars.update({f"particle_{k}": v for k, v in part.items()})
-        if self._probed:
-            stds = self._metrics["activations"].compute().cpu()
-            result["activation_std"] = stds.tolist()
+        for key, label in (("activations", "act_spread"), ("activations_prenorm", "act_spread_prenorm")):
+            if not len(self._metrics[key].count):
+                continue
+            stds = self._metrics[key].compute().cpu()
+            result[f"{key}_std"] = stds.tolist()
             # max / min of the per-layer standard deviations: the paper's "large variation in
-            # raw activation values" (Table 1, row 4)
-            scalars["act_spread_ratio"] = float(stds.max() / stds.min().clamp(min=1e-12))
-            scalars["act_spread_log10"] = float(np.log10(max(scalars["act_spread_ratio"], 1e-12)))
+            # raw activation values" (Table 1, row 4); the pre-norm one is the Table 1 measure,
+            # the post-norm one is ~1 for batch-norm nets by construction
+            ratio = spread_ratio(stds)
+            scalars[f"{label}_ratio"] = ratio
+            scalars[f"{label}_log10"] = float(np.log10(ratio)) if ratio > 0 else float("nan")
+        if "activations_std" in result:
+            result["activation_std"] = result.pop("activations_std")
+        scalars.update(output_norm_params(self.net))
         flat = scalar_items({k: torch.as_tensor(v, dtype=torch.float64) for k, v in scalars.items()})
         result["scalars"] = flat
         self.results[self.prefix] = result
+        if self.prefix == "val" and self._fitting():
+            self._record_curve(int(self.global_step), float(flat.get("f1_otsu", float("nan"))))
         finite = {f"{self.prefix}/{k}": v for k, v in flat.items() if np.isfinite(v)}
         # Values are already reduced over ranks by the metrics; no extra sync needed.
         self.log_dict(finite, sync_dist=False, add_dataloader_idx=False)
+
+    def _fitting(self) -> bool:
+        trainer = self._trainer
+        return (trainer is not None and trainer.state.fn == "fit"
+                and not trainer.sanity_checking)
+
+    def _record_curve(self, step: int, value: float) -> None:
+        # a resumed job can validate again at the step its checkpoint ended on: keep the newest
+        self.val_curve = [p for p in self.val_curve if p[0] < step] + [(step, value)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        checkpoint["val_curve"] = [[int(s), float(v)] for s, v in self.val_curve]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        self.val_curve = [(int(s), float(v)) for s, v in checkpoint.get("val_curve", [])]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr,

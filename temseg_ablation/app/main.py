@@ -1,0 +1,108 @@
+"""The Hydra application: ``python -m temseg_ablation [-m] [group=option ...]``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import sweep
+from .build import ConfigError
+from .config import CONFIG_DIR, quote_numeric_groups
+from .job import run_job
+
+log = logging.getLogger("temseg_ablation")
+
+
+def _place_job(cfg: DictConfig, hc: Any) -> None:
+    """Pin a sweep job to a device of ``trainer.device_pool`` and split CPU cores between jobs."""
+    n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1)
+    with open_dict(cfg):
+        pool = cfg.trainer.get("device_pool")
+        if pool:
+            device = list(pool)[int(hc.job.get("num", 0) or 0) % len(pool)]
+            cfg.trainer.devices = [int(device)]
+        if n_jobs > 1 and not cfg.trainer.get("num_threads") and cfg.trainer.accelerator == "cpu":
+            cfg.trainer.num_threads = max(1, (os.cpu_count() or 1) // n_jobs)
+
+
+_QUIET_PREFIXES = ("data.", "trainer.", "paths.", "logger.", "eval.", "experiment", "model=",
+                   "hydra", "rerun", "fail_after_epochs")
+
+
+def _job_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """Variant name plus the overrides that change the network or optimisation."""
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(_QUIET_PREFIXES)]
+    return f"{cfg.get('variant', 'custom')}" + (f" [{','.join(shown)}]" if shown else "")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; in a multirun a failure is recorded, not raised."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    job_dir = Path(hc.runtime.output_dir)
+    sweep_dir = str(Path(hc.sweep.dir).resolve()) if multirun else None
+    job_num = int(hc.job.num) if multirun else 0
+    job_name = _job_name(cfg, list(hc.overrides.task))
+    _place_job(cfg, hc)
+    record: dict[str, Any] = {"job_num": job_num, "job_name": job_name, "job_dir": str(job_dir)}
+    start = time.time()
+    try:
+        result = run_job(cfg, job_dir, job_name=job_name, sweep_dir=sweep_dir,
+                         parent_run_id=sweep.parent_run_id(sweep_dir) if multirun else None)
+    except (KeyboardInterrupt, SystemExit):
+        sweep.write_status(job_dir, {**record, "status": "killed",
+                                     "seconds": round(time.time() - start, 1)})
+        raise
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        sweep.write_status(job_dir, {**record, "status": "failed", "error": message,
+                                     "seconds": round(time.time() - start, 1)})
+        if not multirun:
+            if isinstance(err, ConfigError):
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            raise
+        log.error("job %d (%s) failed: %s; the sweep goes on", job_num, job_name, message)
+        return {"status": "failed", "error": message}
+    sweep.write_status(job_dir, {
+        **record, "status": result["status"], "run_id": result["run_id"],
+        "config_hash": result["config_hash"], "seconds": round(time.time() - start, 1),
+        "f1_otsu": result["metrics"].get("final/val/f1_otsu"),
+        **({"message": result["message"]} if result.get("message") else {}),
+    })
+    f1 = result["metrics"].get("final/val/f1_otsu")
+    log.info("%s %s: run %s%s", job_name, result["status"], result["run_id"],
+             f", validation F1 at Otsu {f1:.3f}" if f1 is not None else "")
+    return result
+
+
+def main() -> None:
+    """Console entry point: run the Hydra app, close the sweep run on crashes, set exit status."""
+    sys.argv[1:] = quote_numeric_groups(sys.argv[1:])
+    try:
+        task()
+    except KeyboardInterrupt:
+        sweep.end_parent("KILLED")
+        print("\ninterrupted: runs in progress are marked KILLED. Run the same command again to "
+              "continue: finished jobs are skipped, interrupted ones resume from their last "
+              "checkpoint.", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as exc:
+        sweep.end_parent("KILLED" if exc.code else "FINISHED")
+        raise
+    except BaseException:
+        sweep.end_parent("FAILED")
+        raise
+    summary = sweep.STATE.summary
+    if summary is not None and len(summary) and (summary["status"] == "failed").any():
+        sys.exit(1)

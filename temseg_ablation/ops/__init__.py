@@ -1,0 +1,1 @@
+"""Operational commands beside the app: the team tracking server (``ops.server``)."""

@@ -1,0 +1,46 @@
+"""A non-editable install (``pip install .``) finds its config and runs a job, outside the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_installed_package_ships_its_config_and_trains(tmp_path):
+    target = tmp_path / "site"
+    # --no-deps/--no-build-isolation: only this package is copied; the venv's setuptools builds it
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT)],
+        capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    assert (target / "temseg_ablation" / "conf" / "config.yaml").is_file()
+
+    work = tmp_path / "elsewhere"  # no conf/ here and the repository is not on the path
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
+    env.update({"PYTHONPATH": str(target), "TEMSEG_ROOT": str(tmp_path / "out"),
+                "OMP_NUM_THREADS": "1"})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import json, temseg_ablation.app as a; "
+         "print(json.dumps([a.__file__, a.CONFIG_DIR]))"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    module_file, config_dir = json.loads(probe.stdout)
+    assert module_file.startswith(str(target)) and config_dir.startswith(str(target))
+
+    from .conftest import TINY
+
+    run = subprocess.run(
+        [sys.executable, "-m", "temseg_ablation", *TINY, "model=norm", "eval.figures=false"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert list((tmp_path / "out").rglob("result.json")), "the installed app wrote no result"
