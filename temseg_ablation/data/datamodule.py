@@ -77,9 +77,10 @@ class FrameDataset(Dataset):
         if self.train and self.augment:
             image, labels = augment_pair(image, labels, rng, **self.augment)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+            # np.array copies: store frames are read-only memory maps, tensors must own memory
+            "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],
             "mask": torch.from_numpy((labels > 0).astype(np.int64)),
-            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int32)),
+            "labels": torch.from_numpy(np.array(labels, dtype=np.int32)),
             "pixel_size_nm": pixel_size,
         }
 

@@ -15,6 +15,7 @@ TAG_ARCH = "temseg.arch"
 TAG_JOB_DIR = "temseg.job_dir"
 TAG_RESUMED_FROM = "temseg.resumed_from"
 TAG_OVERRIDES = "temseg.overrides"
+TAG_TABLE1 = "temseg.table1"  # on a sweep parent run: its sweep is a Table 1 sweep
 TAG_CONVERGENCE = "temseg.convergence"  # the plateau rule's judgement of the run, in words
 #: Parent-run tag naming the finished runs a sweep reused instead of retraining: they stay
 #: children of the sweep that trained them, so the UI would not otherwise show them there.
