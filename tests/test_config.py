@@ -98,3 +98,14 @@ def test_cli_help_and_cfg():
                           "--cfg", "job"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "kernel_size: 7" in run.stdout
+
+
+def test_mlflow_tracking_uri_from_the_environment_unless_overridden(monkeypatch, tmp_path):
+    from .conftest import compose_cfg
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose_cfg([], tmp_path).logger.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://team-server:5000")
+    assert compose_cfg([], tmp_path).logger.tracking_uri == "http://team-server:5000"
+    cfg = compose_cfg(["logger.tracking_uri=http://other:5000"], tmp_path)
+    assert cfg.logger.tracking_uri == "http://other:5000"

@@ -5,10 +5,13 @@ and values the tracking store rejects. Nothing hostile may run code or write out
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
 from temseg_ablation.app.build import build_net
@@ -19,7 +22,7 @@ from temseg_ablation.tracking import upload
 from temseg_ablation.tracking.outbox import Outbox, OutboxError, read_records
 
 from .conftest import compose_cfg
-from .procs import FAST
+from .procs import FAST, app_cmd, job_runs, start_app, trained_epochs, wait_for
 
 
 class _WritesMarker:
@@ -196,3 +199,42 @@ def test_values_the_store_rejects_do_not_stop_a_run(tmp_path):
     # quotes in a sweep folder name neither break nor widen the search for its runs
     assert [r.info.run_id for r in tracker.running_jobs("none", "/tmp/it's here")] == [run_id]
     assert tracker.running_jobs("none", odd_dir) == []
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped; pid 1 here may never reap it
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_parallel_launcher_stops_its_workers(tmp_path, subprocess_env):
+    log = tmp_path / "sweep.log"
+    proc = start_app(app_cmd("seed=0,1", "hydra/launcher=parallel", "trainer.max_epochs=500"),
+                     subprocess_env, tmp_path, log)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+    def both_training() -> bool:
+        runs = [r for r in job_runs(client) if r.info.status == "RUNNING"]
+        return len(runs) == 2 and all(trained_epochs(client, r.info.run_id) for r in runs)
+
+    wait_for(both_training, "both jobs to train", timeout=300, proc=proc, log=log)
+    workers = {p for p in _children(proc.pid)
+               if "popen_loky" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")}
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher only, as an OOM killer would
+    proc.wait()
+    wait_for(lambda: not any(_alive(p) for p in workers), "the orphaned workers to stop",
+             timeout=150)
+    statuses = {r.info.status for r in job_runs(client)}
+    assert statuses == {"KILLED"}, statuses  # marked as interrupted, resumable by a rerun
+    assert "launcher (pid" in log.read_text()

@@ -44,3 +44,14 @@ def test_installed_package_ships_its_config_and_trains(tmp_path):
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert list((tmp_path / "out").rglob("result.json")), "the installed app wrote no result"
+
+
+def test_every_console_script_points_at_a_callable_main():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"temseg", "temseg-segment", "temseg-server", "temseg-upload", "temseg-findings"} <= set(scripts)
+    for name, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name

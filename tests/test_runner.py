@@ -207,7 +207,7 @@ def test_reproduce_table1_refuses_an_unknown_profile(tmp_path):
 
 def test_sweep_overrides_count_the_jobs():
     over = rt.sweep_overrides("quick", 8, ["norm", "norm_k7"], ["trainer.max_epochs=1"])
-    assert over[:3] == ["+table1=norm,norm_k7", "seed=0,1,2,3,4,5,6,7", "experiment=quick"]
+    assert over[:3] == ["seed=0,1,2,3,4,5,6,7", "+table1=norm,norm_k7", "experiment=quick"]
     assert "hydra/launcher=parallel" in over and over[-1] == "trainer.max_epochs=1"
     assert "hydra/launcher=parallel" not in rt.sweep_overrides("paper", 2, None)
 

@@ -22,7 +22,13 @@ import torch
 from omegaconf import DictConfig
 
 from ..models.io import CheckpointError, safe_torch_load
-from ..tracking.mlflow_store import Tracker, git_commit, prepare_store, process_token
+from ..tracking.mlflow_store import (
+    Tracker,
+    context_tags,
+    git_commit,
+    prepare_store,
+    process_token,
+)
 from ..tracking.outbox import OUTBOX_DIR, Outbox
 from ..tracking.tags import (
     TAG_ARCH,
@@ -194,14 +200,18 @@ def _train_run(cfg: DictConfig, tracker: Tracker, outbox: Outbox, job_dir: Path,
     try:
         resume_path = checked_resume(ckpt_dir / "last.ckpt")
         outbox.log_params(run_id, flatten(to_plain(cfg)))  # keys already logged are left out
+        commit = git_commit(Path(__file__).parent)
         outbox.set_tags(run_id, {
             TAG_CHECKPOINT: str(ckpt_dir), TAG_SWEEP: sweep_dir or "", TAG_JOB_DIR: str(job_dir),
             TAG_VARIANT: cfg.get("variant", "custom"), TAG_PROFILE: cfg.get("profile", ""),
-            TAG_ARCH: cfg.net.arch, TAG_GIT_COMMIT: git_commit(Path(__file__).parent),
+            TAG_ARCH: cfg.net.arch, TAG_GIT_COMMIT: commit,
             TAG_HOST: platform.node(), TAG_RESUMED_FROM: resume_path or "",
             TAG_PROCESS: process_token(),
+            # the context tags MLflow's fluent API would add (the client API does not)
+            **context_tags(commit),
         })
         (job_dir / "job_config.yaml").write_text(to_yaml(cfg))
+        outbox.log_artifact(run_id, job_dir / "job_config.yaml")  # the resolved config, whole
         if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") and int(cfg.trainer.devices) > 1:
             outbox.close()  # rank 0 owns the outbox while the ranks train
             try:

@@ -18,12 +18,16 @@ from . import sweep
 from .build import ConfigError
 from .config import CONFIG_DIR, quote_numeric_groups
 from .job import run_job
+from .watchdog import die_with_parent
 
 log = logging.getLogger("temseg_ablation")
+#: Environment variable naming the pid of the process that runs the sweep.
+LAUNCHER_PID_ENV = "TEMSEG_LAUNCHER_PID"
 
 
 def _place_job(cfg: DictConfig, hc: Any) -> None:
-    """Pin a sweep job to a device of ``trainer.device_pool`` and split CPU cores between jobs."""
+    """Pin a sweep job to a device of ``trainer.device_pool``, split CPU cores between jobs and
+    turn off per-job progress bars when jobs run side by side."""
     n_jobs = int(OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1)
     with open_dict(cfg):
         pool = cfg.trainer.get("device_pool")
@@ -32,6 +36,10 @@ def _place_job(cfg: DictConfig, hc: Any) -> None:
             cfg.trainer.devices = [int(device)]
         if n_jobs > 1 and not cfg.trainer.get("num_threads") and cfg.trainer.accelerator == "cpu":
             cfg.trainer.num_threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        if n_jobs > 1:
+            # bars of jobs running side by side interleave into one unreadable line; the sweep
+            # prints its own progress line and each job's log keeps its epoch lines
+            cfg.trainer.enable_progress_bar = False
 
 
 _QUIET_PREFIXES = ("data.", "trainer.", "paths.", "logger.", "eval.", "experiment", "model=",
@@ -53,6 +61,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     sweep_dir = str(Path(hc.sweep.dir).resolve()) if multirun else None
     job_num = int(hc.job.num) if multirun else 0
     job_name = _job_name(cfg, list(hc.overrides.task))
+    if os.environ.get(LAUNCHER_PID_ENV) == str(os.getppid()):
+        die_with_parent()  # a worker of hydra/launcher=parallel: never outlive the launcher
     _place_job(cfg, hc)
     record: dict[str, Any] = {"job_num": job_num, "job_name": job_name, "job_dir": str(job_dir)}
     start = time.time()
@@ -89,6 +99,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 def main() -> None:
     """Console entry point: run the Hydra app, close the sweep run on crashes, set exit status."""
     sys.argv[1:] = quote_numeric_groups(sys.argv[1:])
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # inherited by parallel-launcher workers
     try:
         task()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -9,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .build import ConfigError, build_net, trainer_kwargs
+
+log = logging.getLogger("temseg_ablation")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -49,8 +52,11 @@ def validate_config(cfg: DictConfig) -> None:
     _number(cfg, "data.crop_size", integer=True, minimum=1, allow=(None,))
     _number(cfg, "data.samples_per_epoch", integer=True, minimum=1, allow=(None,))
     _number(cfg, "data.num_workers", integer=True, minimum=0)
-    # 0 is allowed: the job then only evaluates its seeded, untrained weights
+    # 0 is allowed (it evaluates the seeded, untrained weights), but never silently
     _number(cfg, "trainer.max_epochs", integer=True, minimum=0, allow=(-1,))
+    if _get(cfg, "trainer.max_epochs") == 0:
+        log.warning("trainer.max_epochs=0: this job trains nothing; its run records the "
+                    "untrained network's scores")
     _number(cfg, "trainer.max_steps", integer=True, minimum=1, allow=(-1,))
     if _get(cfg, "trainer.max_epochs") == -1 and _get(cfg, "trainer.max_steps") == -1:
         raise ConfigError("trainer.max_epochs=-1 with trainer.max_steps=-1: training would "

@@ -91,6 +91,28 @@ def _centre_box(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
     return slice(top, top + min(size, h)), slice(left, left + min(size, w))
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Training order for one process: a permutation of ``range(n)`` drawn from (seed, epoch).
+
+    Unlike ``shuffle=True`` with a generator seeded once per loader, the order of an epoch does
+    not depend on how many epochs this process has run, so a job resumed from a checkpoint sees
+    exactly the batches an uninterrupted one would (Lightning calls ``set_epoch``).
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class ShardSampler(Sampler[int]):
     """Evaluation sampler for DDP: contiguous, disjoint shards without padding.
 
@@ -245,15 +267,17 @@ class TEMDataModule(pl.LightningDataModule):
                                    seed=self.kw["seed"])
                 if train else ShardSampler(len(dataset), trainer.global_rank, trainer.world_size)
             )
+        elif train:
+            sampler = EpochShuffleSampler(len(dataset), self.kw["seed"])
+            if trainer is not None:
+                sampler.set_epoch(trainer.current_epoch)
         return DataLoader(
             dataset,
             batch_size=self.kw["batch_size"] if train else 1,
-            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=self.kw["num_workers"],
             # Fresh workers each epoch pick up the epoch counter set in the main process.
             persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.kw["seed"]) if train else None,
             drop_last=False,
         )
 

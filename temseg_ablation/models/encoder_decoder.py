@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import make_activation
+from .layers import check_input_multiple, make_activation
 
 
 class SamePadConv2d(nn.Module):
@@ -94,15 +94,7 @@ class EncoderDecoderCNN(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is (batch, channel, H, W) with H, W multiples of 8."""
-        if x.ndim != 4:
-            raise ValueError(f"expected a (batch, channel, H, W) tensor, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        m = self.input_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"input {h} x {w} does not fit the encoder-decoder: height and width must be "
-                f"multiples of {m}; crop, or pad with temseg_ablation.models.pad_to_multiple"
-            )
+        check_input_multiple(x, self.input_multiple, "the encoder-decoder")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes, H, W) for images (B, in_channels, H, W)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -71,3 +72,18 @@ class ConvUnit(nn.Module):
         else:
             x = self.conv(x)
         return self.norm(self.act(x))
+
+
+def check_input_multiple(x: torch.Tensor, multiple: int, net: str, hint: str = "") -> None:
+    """Raise ``ValueError`` unless ``x`` is (batch, channel, H, W) with H, W multiples of ``multiple``.
+
+    ``net`` names the network in the message ("a depth-4 UNet"); ``hint`` is added before the fix.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected a (batch, channel, H, W) tensor, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"input {h} x {w} does not fit {net}: height and width must be multiples of "
+            f"{multiple}{hint}; crop, or pad with temseg_ablation.models.pad_to_multiple"
+        )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import ConvUnit, make_activation, make_norm
+from .layers import ConvUnit, check_input_multiple, make_activation, make_norm
 
 
 @dataclass(frozen=True)
@@ -167,16 +167,10 @@ class UNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with a clear message when ``x`` cannot pass through the net."""
-        if x.ndim != 4:
-            raise ValueError(f"expected a (batch, channel, H, W) tensor, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
         m = self.input_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"input {h} x {w} does not fit a depth-{self.depth} UNet: height and width must "
-                f"be multiples of {m} (nearest: {max(m, h // m * m)} x {max(m, w // m * m)}); "
-                "crop, or pad with temseg_ablation.models.pad_to_multiple"
-            )
+        h, w = x.shape[-2:] if x.ndim >= 2 else (m, m)
+        check_input_multiple(x, m, f"a depth-{self.depth} UNet",
+                             f" (nearest: {max(m, h // m * m)} x {max(m, w // m * m)})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         self.check_input(x)

@@ -48,7 +48,9 @@ def sweep_overrides(profile: str, seeds: int, arms: Sequence[str] | None,
                     extra: Sequence[str] = ()) -> list[str]:
     """Hydra overrides of the Table 1 sweep: the arms x ``seeds`` seeds on ``profile``."""
     choice = ",".join(arms) if arms else "glob(*)"
-    return [f"+table1={choice}", "seed=" + ",".join(str(s) for s in range(seeds)),
+    # seed first: Hydra varies the last sweep axis fastest, so every arm of seed 0 runs before
+    # seed 1; a sweep cut short still holds complete, paired seeds
+    return ["seed=" + ",".join(str(s) for s in range(seeds)), f"+table1={choice}",
             f"experiment={profile}", *LAUNCH.get(profile, []), *extra]
 
 

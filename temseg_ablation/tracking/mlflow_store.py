@@ -321,6 +321,22 @@ def process_alive(token: str) -> bool | None:
     return _start_ticks(int(pid)) == start
 
 
+def context_tags(commit: str = "") -> dict[str, str]:
+    """MLflow's own context tags (user, source, git commit) for a run created by this process."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    tags = {"mlflow.user": user, "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": "temseg_ablation"}
+    sha = commit.removesuffix("-dirty")
+    if sha and sha != "unknown":
+        tags["mlflow.source.git.commit"] = sha
+    return tags
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """Current git commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
     try:
