@@ -238,3 +238,26 @@ def test_sigkill_of_the_parallel_launcher_stops_its_workers(tmp_path, subprocess
     statuses = {r.info.status for r in job_runs(client)}
     assert statuses == {"KILLED"}, statuses  # marked as interrupted, resumable by a rerun
     assert "launcher (pid" in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=abc", "optim.lr='abc': must be a number"),
+    ("optim.lr=-1", "optim.lr=-1: must be > 0"),
+    ("data.batch_size=0", "data.batch_size=0: must be >= 1"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5: must be >= 0"),
+    ("data=folder", "data.images: required but not set"),
+])
+def test_a_bad_config_value_is_one_line_and_leaves_no_run(override, message, tmp_path,
+                                                           subprocess_env):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "temseg_ablation", "model=norm", override],
+                         env=subprocess_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"error: {run.stderr.strip()[7:]}"]
+    assert message in run.stderr
+    db = tmp_path / "mlruns" / "mlflow.db"
+    assert not db.exists() or not job_runs(MlflowClient(f"sqlite:///{db}"))
