@@ -41,9 +41,26 @@ def tiny_cfg(tmp_path):
     return cfg
 
 
+def app_environ(root: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without MLflow / project variables, outputs under ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
+    env.update({"TEMSEG_ROOT": str(root), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    return {**env, **extra}
+
+
 @pytest.fixture
 def subprocess_env(tmp_path):
     """Environment for running the app in a subprocess with all outputs under ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
-    env.update({"TEMSEG_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    return env
+    return app_environ(tmp_path)
+
+
+@pytest.fixture
+def in_process_env(tmp_path, monkeypatch):
+    """This process set up like ``subprocess_env`` (for app code called in-process), cwd ``tmp_path``."""
+    for key in list(os.environ):
+        if key.startswith(("MLFLOW_", "TEMSEG_")):
+            monkeypatch.delenv(key)
+    for key, value in app_environ(tmp_path).items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)

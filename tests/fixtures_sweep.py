@@ -6,7 +6,6 @@ session-scoped fixture runs the sweep once per test session, not once per module
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, app_environ
 
 SWEEP_MODELS = ("norm", "twoconv_norm")
 #: Experiments of the tiny data: the experiment split needs one to train, validate and test.
@@ -36,9 +35,7 @@ class TinySweep:
 
 def sweep_env(root: Path) -> dict[str, str]:
     """Like conftest's ``subprocess_env``, for a folder chosen by a session-scoped fixture."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
-    env.update({"TEMSEG_ROOT": str(root), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    return env
+    return app_environ(root)
 
 
 def run_tiny_sweep(root: Path, models: tuple[str, ...] = SWEEP_MODELS) -> TinySweep:

@@ -4,15 +4,12 @@ slow end-to-end runs of ``thresholds`` / ``generalisation`` on the tiny sweep an
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from temseg_ablation.report import findings as fd
 from tests.conftest import TINY
-from tests.fixtures_sweep import TINY_EXPERIMENTS
 
 pytest_plugins = ["tests.fixtures_sweep"]
 
@@ -313,15 +310,8 @@ def test_thresholds_and_generalisation_on_the_tiny_sweep(tiny_sweep, tmp_path, c
 
 
 @pytest.mark.slow
-def test_interpretability_with_tiny_jobs(tmp_path, monkeypatch, capsys):
-    for key in list(os.environ):
-        if key.startswith(("MLFLOW_", "TEMSEG_")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("TEMSEG_ROOT", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.chdir(tmp_path)
-    tiny = [*[o for o in TINY if not o.startswith("data.n_experiments=")],
-            f"data.n_experiments={TINY_EXPERIMENTS}", "data.samples_per_epoch=8",
+def test_interpretability_with_tiny_jobs(tmp_path, in_process_env, capsys):
+    tiny = [*TINY, "data.samples_per_epoch=8",
             "eval.figures=false", "eval.particle_metrics=false"]
     out = tmp_path / "findings"
     assert fd.main(["interpretability", "--out", str(out), "--frame-size", "256",

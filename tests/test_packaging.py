@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import app_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +27,7 @@ def test_installed_package_ships_its_config_and_trains(tmp_path):
 
     work = tmp_path / "elsewhere"  # no conf/ here and the repository is not on the path
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
-    env.update({"PYTHONPATH": str(target), "TEMSEG_ROOT": str(tmp_path / "out"),
-                "OMP_NUM_THREADS": "1"})
+    env = app_environ(tmp_path / "out", PYTHONPATH=str(target))
     probe = subprocess.run(
         [sys.executable, "-c", "import json, temseg_ablation.app as a; "
          "print(json.dumps([a.__file__, a.CONFIG_DIR]))"],

@@ -22,6 +22,8 @@ from temseg_ablation.data.synthetic import SyntheticConfig, generate_sequence
 from temseg_ablation.segment.cli import main
 from temseg_ablation.segment.pipeline import CRASH_AFTER_ENV, default_tracking_uri
 
+from .conftest import app_environ
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,10 +51,7 @@ def _calibrated_tif(path: Path, image: np.ndarray, px_nm: float) -> Path:
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TEMSEG_"))}
-    e.update({"TEMSEG_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-              "PYTHONPATH": str(ROOT)})
-    return e
+    return app_environ(tmp_path, PYTHONPATH=str(ROOT))
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path, **extra: str) -> subprocess.CompletedProcess:

@@ -24,7 +24,8 @@ def _need(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what}: missing column(s) {missing}; have {list(df.columns)[:12]}...")
 
 
-def _save(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Save ``fig`` to ``path`` (folders created) when a path is given; returns the figure."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
@@ -74,7 +75,7 @@ def f1_by_variant(runs: pd.DataFrame, metric: str = "final/val/f1_otsu", by: str
     ax.set_xlabel(metric + "  (bar: mean over seeds, line: +-1 s.d., dots: runs)")
     ax.set_title(title or f"{metric} per {by}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves_by_variant(curves: pd.DataFrame, runs: pd.DataFrame, value: str = "f1_mean",
@@ -106,7 +107,7 @@ def curves_by_variant(curves: pd.DataFrame, runs: pd.DataFrame, value: str = "f1
            title=title or f"{value} versus threshold per {by}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def generalisation_gap(runs: pd.DataFrame, name: str = "f1_otsu", by: str = "variant",
@@ -144,4 +145,4 @@ def generalisation_gap(runs: pd.DataFrame, name: str = "f1_otsu", by: str = "var
     bx.grid(axis="x", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -38,25 +38,21 @@ def fit_and_evaluate(trainer: pl.Trainer, module: SegmentationModule, dm: TEMDat
     module.fit_curve = list(module.val_curve)
     best = best_checkpoint() or None
     results: dict[str, dict[str, Any]] = {}
-    module.prefix = "val"
-    interruptible(trainer, trainer.validate, module, datamodule=dm, ckpt_path=best, verbose=False,
-                  weights_only=True)
-    results["val"] = module.results["val"]
+
+    def evaluate(split: str, ckpt: str | None, **data: Any) -> None:
+        module.prefix = split
+        interruptible(trainer, trainer.validate, module, ckpt_path=ckpt, verbose=False,
+                      weights_only=True, **data)
+        results[split] = module.results[split]
+
+    evaluate("val", best, datamodule=dm)
     if dm.test_set is not None:
         # whole experiments never trained on nor used to pick the checkpoint: what results report
-        module.prefix = "test"
-        interruptible(trainer, trainer.validate, module, dataloaders=dm.test_dataloader(),
-                      ckpt_path=best, verbose=False, weights_only=True)
-        results["test"] = module.results["test"]
+        evaluate("test", best, dataloaders=dm.test_dataloader())
         last = last_checkpoint() if last_checkpoint is not None else None
         if last:
-            interruptible(trainer, trainer.validate, module, dataloaders=dm.test_dataloader(),
-                          ckpt_path=last, verbose=False, weights_only=True)
-            results["test_last"] = module.results["test"]
+            evaluate("test_last", last, dataloaders=dm.test_dataloader())
     if dm.heldout_set is not None:
-        module.prefix = "heldout"
-        interruptible(trainer, trainer.validate, module, dataloaders=dm.heldout_dataloader(),
-                      ckpt_path=best, verbose=False, weights_only=True)
-        results["heldout"] = module.results["heldout"]
+        evaluate("heldout", best, dataloaders=dm.heldout_dataloader())
     module.prefix = "val"
     return results, best

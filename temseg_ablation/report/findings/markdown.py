@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+from ..compare_plots import save_figure  # noqa: F401 - the findings' figure saver
 
 NAN = float("nan")
 
@@ -67,11 +67,3 @@ def need_rows(runs: pd.DataFrame, by: str, what: str) -> None:
         raise ValueError(f"{what}: the runs frame has no column {by!r}")
     if len(runs) == 0:
         raise ValueError(f"{what}: no finished runs to summarise")
-
-
-def save_figure(fig: Figure, path: str | Path | None) -> Figure:
-    """Save ``fig`` to ``path`` (folders created) when a path is given; returns the figure."""
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    return fig
