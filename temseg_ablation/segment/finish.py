@@ -87,7 +87,7 @@ def finish_run(o: Any, store: OutputStore, model_info: dict[str, Any], *, failur
         "seconds_segmentation": round(seconds_segment, 3),
         "seconds_total": round(seconds_total, 3),
         "frames_per_s": round(n_new / seconds_segment, 4) if seconds_segment > 0 else None,
-        "outputs": [*written, "masks/", "manifest.json"] + (["prob/"] if o.save_prob else []),
+        "outputs": [*written, "masks/", "labels/", "manifest.json"] + (["prob/"] if o.save_prob else []),
     }
     store.write_text("summary.json", json.dumps(summary, indent=1, default=str))
     return summary

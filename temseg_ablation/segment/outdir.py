@@ -1,10 +1,11 @@
 """The segment command's output folder: up-front checks, atomic writes and a resumable manifest.
 
-Every per-frame result is written as soon as the frame is done: its mask (and probability map)
-by write-then-rename, its rows appended to ``frames.csv`` / ``particles.csv`` in one write, and
-then ``manifest.json`` (atomically) records the frame as done. A crash therefore keeps every
-finished frame; rows of a frame the manifest does not list (a crash between the append and the
-manifest update) are dropped when the folder is opened again.
+Every per-frame result is written as soon as the frame is done: its mask, instance-label TIFF
+(and probability map) by write-then-rename, its rows appended to ``frames.csv`` /
+``particles.csv`` in one write, and then ``manifest.json`` (atomically) records the frame as done.
+A crash therefore keeps every finished frame; rows of a frame the manifest does not list (a crash
+between the append and the manifest update) are dropped when the folder is opened again. A folder
+written by an older manifest version (other table columns) is refused unless ``overwrite``.
 
 A rerun into the same folder continues (frames already done are skipped) when its options hash
 equals the manifest's, and is refused otherwise unless ``overwrite`` is set, which first
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.writers import atomic_write, write_image  # re-exported for the segment package
+from ..data.writers import atomic_write, write_image, write_labels  # re-exported for segment
 
 __all__ = [
     "MANIFEST",
@@ -34,14 +35,15 @@ __all__ = [
     "atomic_write",
     "check_out_dir",
     "write_image",
+    "write_labels",
 ]
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the ParticleSpy-parity particle columns and labels/
 #: Files (and folders) this command writes; ``--overwrite`` removes exactly these.
 OUTPUT_FILES = ("frames.csv", "particles.csv", "summary.json", "failed.txt", "coarsening.csv",
                 "coarsening.png", "size_distribution.png", MANIFEST)
-OUTPUT_DIRS = ("masks", "prob")
+OUTPUT_DIRS = ("masks", "labels", "prob")
 
 
 class OutputError(ValueError):
@@ -105,9 +107,14 @@ class OutputStore:
                               "use --overwrite to replace them or choose another folder")
         try:
             data = json.loads(manifest.read_text())
-            same = data.get("version") == MANIFEST_VERSION and data.get("options_hash") == options_hash
+            version = data.get("version")
+            same = version == MANIFEST_VERSION and data.get("options_hash") == options_hash
         except (OSError, ValueError, AttributeError):
             raise OutputError(f"--out {out}: {MANIFEST} is unreadable; use --overwrite") from None
+        if version != MANIFEST_VERSION:  # other table columns: appending would misalign them
+            raise OutputError(f"--out {out}: holds results of an older version of this command "
+                              f"(manifest version {version}, now {MANIFEST_VERSION}); use "
+                              "--overwrite to replace them or choose another folder")
         if not same:
             raise OutputError(f"--out {out}: holds results made with other options; use --overwrite "
                               "to replace them, the same options to continue, or another folder")
@@ -137,6 +144,7 @@ class OutputStore:
                 (self.out / "summary.json").unlink()
             self._reconcile()
         (self.out / "masks").mkdir(exist_ok=True)
+        (self.out / "labels").mkdir(exist_ok=True)
         if self.options.get("save_prob"):
             (self.out / "prob").mkdir(exist_ok=True)
         self._write_manifest()
@@ -218,11 +226,11 @@ class OutputStore:
     # --------------------------------------------------------------------------------- finish
 
     def remove_orphans(self) -> list[str]:
-        """Delete masks / probability maps of frames that are not done (a crash's leftovers)."""
+        """Delete masks / labels / probability maps of frames not done (a crash's leftovers)."""
         keep = {Path(r["mask"]).name for r in self.frames_done.values()}
-        keep_prob = {Path(n).with_suffix(".tif").name for n in keep}
+        keep_tif = {Path(n).with_suffix(".tif").name for n in keep}
         removed = []
-        for name, names in (("masks", keep), ("prob", keep_prob)):
+        for name, names in (("masks", keep), ("labels", keep_tif), ("prob", keep_tif)):
             folder = self.out / name
             if not folder.is_dir():
                 continue

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .infer import DEFAULT_OVERLAP, DEFAULT_TILE
-from .outdir import OutputError, OutputStore, check_out_dir, write_image
+from .outdir import OutputError, OutputStore, check_out_dir, write_image, write_labels
 from .results import FRAME_CSV_COLUMNS, PARTICLE_CSV_COLUMNS
 from .scaling import FrameScale, check_pixel_size, frame_scale, model_particle_diameter
 
@@ -314,11 +314,12 @@ def run_segmentation(inputs: Sequence[str | os.PathLike[str]], options: SegmentO
                 say(f"note: {stack.path} is rescaled by {seg.scale:.3g} to the model's pixel size "
                     f"(scale from {sc.source}); frames far from the training magnification segment poorly")
             mask = labels > 0
-            table = measure_labels(labels, sc.pixel_size_nm)
+            table = measure_labels(labels, sc.pixel_size_nm, intensity_image=image)
             seconds += time.perf_counter() - t0
             index = store.next_frame_index()
             name = f"{stem}_f{k:04d}"
             write_image(mask, o.out / "masks" / f"{name}.{o.mask_format}")
+            write_labels(labels, o.out / "labels" / f"{name}.tif", sc.pixel_size_nm)
             if o.save_prob and seg.prob is not None:
                 write_image(seg.prob.astype(np.float32), o.out / "prob" / f"{name}.tif")
             for col, value in (("frame_in_source", k), ("source", str(stack.path)), ("frame", index)):
@@ -332,7 +333,7 @@ def run_segmentation(inputs: Sequence[str | os.PathLike[str]], options: SegmentO
                    "classical_sigma_px": float(params.sigma) if params else float("nan"),
                    "classical_opening_px": int(params.opening_radius) if params else float("nan"),
                    "threshold": seg.threshold, **frame_summary(table, mask),
-                   "mask": f"masks/{name}.{o.mask_format}"}
+                   "mask": f"masks/{name}.{o.mask_format}", "labels": f"labels/{name}.tif"}
             store.add_frame(key, row, table)
             n_new += 1
             bar.update(1)

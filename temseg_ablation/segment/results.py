@@ -20,7 +20,7 @@ __all__ = ["FRAME_CSV_COLUMNS", "PARTICLE_CSV_COLUMNS", "calibration_groups", "m
 FRAME_CSV_COLUMNS = [
     "frame", "source", "frame_in_source", "height", "width", "pixel_size_nm", "scale_source",
     "scale_confidence", "estimated_diameter_px", "implied_pixel_size_nm", "scale_factor",
-    "classical_sigma_px", "classical_opening_px", "threshold", *FRAME_COLUMNS, "mask",
+    "classical_sigma_px", "classical_opening_px", "threshold", *FRAME_COLUMNS, "mask", "labels",
 ]
 PARTICLE_CSV_COLUMNS = ["frame", "source", "frame_in_source", *PARTICLE_COLUMNS]
 
