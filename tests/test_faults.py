@@ -168,6 +168,80 @@ def test_app_refuses_an_unwritable_checkpoint_folder_up_front(tmp_path, subproce
     assert not (tmp_path / "mlruns").exists()  # stopped before touching the tracking store
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_server_unreachable_from_the_start_is_one_line_before_any_job(multirun, tmp_path,
+                                                                       subprocess_env):
+    import time
+
+    url = f"http://127.0.0.1:{server.free_port()}"  # nothing listens there
+    start = time.monotonic()
+    res = run_app(app_cmd(f"logger.tracking_uri={url}", "++logger.connect_timeout_s=5",
+                          "++logger.retry_timeout_s=120", *(["seed=0,1,2"] if multirun else []),
+                          multirun=multirun), subprocess_env, tmp_path, timeout=300)
+    elapsed = time.monotonic() - start
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert lines[-1].startswith(f"error: tracking store {url} cannot be opened")
+    assert "make server" in lines[-1] and "Traceback" not in res.stderr + res.stdout
+    # checked once, bounded by connect_timeout_s: not retry_timeout_s per job (3 x 120 s)
+    assert elapsed < 100, elapsed
+    assert not list(tmp_path.glob("outputs/checkpoints/*/*/*.ckpt"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.5 MB tmpfs: room for one checkpoint of the tiny ``norm`` job (1.1 MB), not two."""
+    import subprocess as sp
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        done = sp.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)],
+                      capture_output=True, text=True, timeout=30)
+    except (OSError, sp.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a small tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    yield disk
+    sp.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_disk_filling_mid_run_keeps_whole_checkpoints_and_says_one_line(tmp_path, small_disk,
+                                                                          subprocess_env):
+    from temseg_ablation.models.io import safe_torch_load
+
+    res = run_app(app_cmd(f"paths.checkpoint_dir={small_disk}/ckpt", "paths.min_free_mb=0",
+                          "trainer.max_epochs=30", multirun=False),
+                  subprocess_env, tmp_path, timeout=600)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert lines[-1].startswith("error: norm: no space left on device") and "resume" in lines[-1]
+    assert "Traceback" not in res.stderr + res.stdout
+    # whatever was saved is whole (Lightning's own writer left a truncated last.ckpt here), and
+    # no temporary file is left to fill the disk further
+    ckpts = sorted(small_disk.glob("ckpt/*/*/*.ckpt"))
+    assert ckpts and all(isinstance(safe_torch_load(p), dict) for p in ckpts)
+    assert not [p for p in small_disk.rglob("*") if ".tmp" in p.name]
+    (run,) = job_runs(MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db"))
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["error"]
+    (status,) = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/runs/*/*/job_status.json")]
+    assert status["status"] == "failed"
+
+
+def test_exit_status_tells_spooled_and_failed_jobs_apart():
+    import pandas as pd
+
+    from temseg_ablation.app.main import exit_status
+
+    table = pd.DataFrame({"status": ["finished", "skipped"]})
+    assert exit_status(table) == 0 and exit_status(None) == 0
+    assert exit_status(pd.DataFrame({"status": ["finished", "spooled"]})) == 3
+    assert exit_status(pd.DataFrame({"status": ["spooled", "failed"]})) == 1
+    assert exit_status(None, "spooled") == 3 and exit_status(None, "finished") == 0
+
+
 # --------------------------------------------------------------------------- Ctrl-C, SIGKILL
 def _last_epoch(ckpt: Path) -> int:
     try:
@@ -309,7 +383,8 @@ def test_tracking_server_outage_during_training(tmp_path, sqlite_server, subproc
         server.stop_mlflow(sqlite_server)
         outbox_a = wait_for(lambda: next(root_a.glob("outputs/checkpoints/*/*/outbox"), None),
                             "job A to keep writes in its outbox", proc=proc_a, log=root_a / "app.log")
-        assert proc_b.wait(timeout=300) == 0, (root_b / "app.log").read_text()[-3000:]
+        # trained, but results wait in the outbox: exit 3, not the 0 of a finished job
+        assert proc_b.wait(timeout=300) == 3, (root_b / "app.log").read_text()[-3000:]
         assert proc_a.poll() is None  # A trains on (or waits to deliver) while the server is down
         server.start(sqlite_server.dir, port=sqlite_server.port, backend="sqlite", workers=1)
         assert proc_a.wait(timeout=400) == 0, (root_a / "app.log").read_text()[-3000:]

@@ -261,3 +261,23 @@ def test_a_bad_config_value_is_one_line_and_leaves_no_run(override, message, tmp
     assert message in lines[0]
     db = tmp_path / "mlruns" / "mlflow.db"
     assert not db.exists() or not job_runs(MlflowClient(f"sqlite:///{db}"))
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_at_once_on_a_fresh_store_both_keep_their_parent(tmp_path,
+                                                                             subprocess_env):
+    # MLflow migrates a new sqlite store on first open; unlocked, two sweeps doing it at once
+    # raced and one lost its parent run silently (exit 0, jobs as top-level runs)
+    procs = [start_app(app_cmd(f"seed={s}", "trainer.max_epochs=1"), subprocess_env, tmp_path,
+                       tmp_path / f"sweep{i}.log") for i, s in enumerate(("0,1", "2,3"))]
+    codes = [p.wait(timeout=600) for p in procs]
+    logs = [(tmp_path / f"sweep{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], [log[-2000:] for log in logs]
+    assert not any("Online migration" in log or "raised" in log for log in logs)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    sweeps = job_runs(client, kind="sweep")
+    jobs = job_runs(client)
+    assert len(sweeps) == 2 and len(jobs) == 4
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in jobs}
+    assert parents == {r.info.run_id for r in sweeps}
+    assert all(r.info.status == "FINISHED" for r in jobs + sweeps)

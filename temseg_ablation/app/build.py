@@ -21,6 +21,7 @@ from ..tracking.mlflow_store import DEFAULT_RETRY_TIMEOUT_S, Tracker
 from ..tracking.outbox import Outbox
 from ..tracking.uri import absolute, absolute_uri
 from ..training.callbacks import FailAfter, PlateauStopping
+from ..training.checkpoint_io import AtomicCheckpointIO
 from ..training.module import SegmentationModule
 from .config import flatten, to_plain
 
@@ -211,5 +212,6 @@ def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> tuple[Any, list[Any]]:
 def build_trainer(cfg: DictConfig, *, logger: Any, callbacks: list[Any],
                   job_dir: Path) -> pl.Trainer:
     """The Lightning Trainer of one job."""
-    return pl.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(job_dir),
-                      **trainer_kwargs(cfg))
+    kwargs = trainer_kwargs(cfg)
+    kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+    return pl.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(job_dir), **kwargs)

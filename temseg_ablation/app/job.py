@@ -227,9 +227,14 @@ def _train_run(cfg: DictConfig, tracker: Tracker, outbox: Outbox, job_dir: Path,
         raise
     except Exception as err:
         message = f"{type(err).__name__}: {err}"
-        (job_dir / "error.txt").write_text(traceback.format_exc())
+        try:
+            (job_dir / "error.txt").write_text(traceback.format_exc())
+            artifact: Path | None = job_dir / "error.txt"
+        except OSError as write_err:  # e.g. the disk is full: the run must still end FAILED
+            log.warning("could not write %s: %s", job_dir / "error.txt", write_err)
+            artifact = None
         _end(outbox, run_id, "FAILED", tags={"error": message.splitlines()[0][:500]},
-             artifact=job_dir / "error.txt")
+             artifact=artifact)
         raise
     result = {"status": "finished", "run_id": run_id, "config_hash": chash, "metrics": metrics}
     if not outbox.close():
@@ -240,13 +245,21 @@ def _train_run(cfg: DictConfig, tracker: Tracker, outbox: Outbox, job_dir: Path,
 
 def _end(outbox: Outbox, run_id: str, status: str, tags: dict[str, str] | None = None,
          artifact: Path | None = None) -> None:
-    """Record how a run ended; the job's own error always wins over bookkeeping errors."""
+    """Record how a run ended; the job's own error always wins over bookkeeping errors.
+
+    Each write is tried on its own, so a tag or artifact that cannot be written (full disk,
+    rejected value) never keeps the run from leaving RUNNING.
+    """
+    if not outbox.closed:
+        for what, write in (("tags", lambda: tags and outbox.set_tags(run_id, tags)),
+                            ("error artifact",
+                             lambda: artifact is not None and outbox.log_artifact(run_id, artifact))):
+            try:
+                write()
+            except Exception as err:  # noqa: BLE001 - the status below matters more
+                log.warning("could not record the %s of run %s: %s", what, run_id, err)
     try:
         if not outbox.closed:
-            if tags:
-                outbox.set_tags(run_id, tags)
-            if artifact is not None:
-                outbox.log_artifact(run_id, artifact)
             outbox.set_status(run_id, status)
         if not outbox.close(min(_CLEANUP_TIMEOUT_S, outbox.retry_timeout_s)):
             log.warning("%s", outbox.message())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..tracking.mlflow_store import one_line
 from . import sweep
 from .build import ConfigError
 from .config import CONFIG_DIR, quote_numeric_groups
@@ -80,7 +82,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             if isinstance(err, ConfigError):
                 print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2) from None
+                raise SystemExit(EXIT_USAGE) from None
+            if disk_full(err):
+                print(f"error: {job_name}: no space left on device ({one_line(disk_full(err))}); "
+                      "the run is marked FAILED and its checkpoints so far are kept: free space "
+                      "and run the same command again to resume", file=sys.stderr)
+                raise SystemExit(EXIT_FAILED) from None
             raise
         log.error("job %d (%s) failed: %s; the sweep goes on", job_num, job_name, message)
         return {"status": "failed", "error": message}
@@ -90,6 +97,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         "f1_otsu": result["metrics"].get("final/val/f1_otsu"),
         **({"message": result["message"]} if result.get("message") else {}),
     })
+    if not multirun:
+        sweep.STATE.single = result["status"]
     f1 = result["metrics"].get("final/val/f1_otsu")
     log.info("%s %s: run %s%s", job_name, result["status"], result["run_id"],
              f", validation F1 at Otsu {f1:.3f}" if f1 is not None else "")
@@ -107,13 +116,40 @@ def main() -> None:
         print("\ninterrupted: runs in progress are marked KILLED. Run the same command again to "
               "continue: finished jobs are skipped, interrupted ones resume from their last "
               "checkpoint.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except SystemExit as exc:
         sweep.end_parent("KILLED" if exc.code else "FINISHED")
         raise
     except BaseException:
         sweep.end_parent("FAILED")
         raise
-    summary = sweep.STATE.summary
-    if summary is not None and len(summary) and (summary["status"] == "failed").any():
-        sys.exit(1)
+    sys.exit(exit_status(sweep.STATE.summary, sweep.STATE.single))
+
+
+#: Exit statuses: every job finished (or was reused) / a job failed / bad config or input /
+#: trained, but results wait in an outbox for an unreachable tracking store / interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SPOOLED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The 'no space left on device' error in ``err``'s chain of causes, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def exit_status(summary: Any, single: str | None = None) -> int:
+    """The command's exit status from a sweep's job table or a single job's status."""
+    statuses = set(summary["status"]) if summary is not None and len(summary) else set()
+    if single is not None:
+        statuses.add(single)
+    if "failed" in statuses:
+        return EXIT_FAILED
+    if "spooled" in statuses:
+        return EXIT_SPOOLED
+    return EXIT_OK

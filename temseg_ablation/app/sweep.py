@@ -18,6 +18,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ..data.writers import atomic_write
 from ..tracking.mlflow_store import Tracker, one_line, prepare_store, process_alive, process_token
 from ..tracking.tags import TAG_KIND, TAG_OVERRIDES, TAG_PROCESS, TAG_REUSED, TAG_SWEEP
 from .build import ConfigError, build_tracker, retry_timeout, tracking_uri
@@ -35,11 +36,13 @@ class SweepState:
     """What the sweep in progress in this process shares between Hydra's callback and ``main``.
 
     ``active``: (tracking uri, experiment, parent run id, sweep dir) of the open parent run;
-    ``summary``: the last finished sweep's job table (read by ``main`` for the exit status).
+    ``summary``: the last finished sweep's job table (read by ``main`` for the exit status);
+    ``single``: the status of a single (non-multirun) job run in this process.
     """
 
     active: tuple[str, str, str, str] | None = None
     summary: pd.DataFrame | None = None
+    single: str | None = None
 
     def end_parent(self, status: str) -> None:
         """Close the active sweep's parent run and any of its job runs still RUNNING (used on
@@ -68,9 +71,15 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
 
 
 def write_status(job_dir: Path, record: dict[str, Any]) -> None:
-    """Record a job's outcome where the sweep summary will find it."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / STATUS_FILE).write_text(json.dumps(record, indent=1, default=str))
+    """Record a job's outcome where the sweep summary will find it (atomically; on a full disk
+    a warning, since the job's MLflow run already holds its outcome)."""
+    text = json.dumps(record, indent=1, default=str)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(job_dir / STATUS_FILE, lambda tmp: Path(tmp).write_text(text))
+    except OSError as err:
+        log.warning("could not write %s (%s): the sweep summary will miss job %s",
+                    job_dir / STATUS_FILE, err, record.get("job_name"))
 
 
 def collect_statuses(sweep_dir: str | Path) -> pd.DataFrame:
