@@ -111,8 +111,9 @@ bench-sweep: install
 	$(BIN)/python experiments/bench/run_all.py --only sweep --sweep
 
 # Particle detection and scale estimate on real HAADF STEM frames vs human boxes.
+# SWEEP=<parent run id | latest>: score that sweep's networks instead, logging final/real/* to each run
 realbench: install
-	$(BIN)/python -m temseg_ablation.report.realbench
+	$(BIN)/python -m temseg_ablation.report.realbench $(if $(SWEEP),--sweep $(SWEEP))
 
 # GPU throughput per execution mode and sweep projections -> experiments/bench/gpu.md (needs CUDA torch)
 bench-gpu:

@@ -15,6 +15,8 @@ from temseg_ablation.report.realbench_match import (
     score_detection,
 )
 
+pytest_plugins = ["tests.fixtures_sweep"]
+
 ROOT = Path(__file__).resolve().parents[1]
 STEM = ROOT.parent / "shared" / "realdata" / "stem_particles"
 
@@ -94,3 +96,48 @@ def test_scale_estimate_on_textured_supports_is_within_25_percent(name):
     est = estimate_particle_diameter_px(image, "bright")
     err = realbench.scale_error(est.diameter_px, realbench.reference_diameter_px(boxes))
     assert abs(err) <= 0.25, f"{name}: {est} vs boxes {realbench.reference_diameter_px(boxes):.1f} px"
+
+
+def test_rank_correlation_is_spearman_and_needs_three_pairs():
+    import pandas as pd
+
+    from temseg_ablation.report.realbench_sweep import rank_correlation
+
+    x = pd.Series([0.9, 0.5, 0.7, 0.1])
+    assert rank_correlation(x, x ** 3) == pytest.approx(1.0)   # monotone: ranks agree
+    assert rank_correlation(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(rank_correlation(x[:2], x[:2]))
+    assert np.isnan(rank_correlation(pd.Series([1.0, np.nan, 2.0]), pd.Series([1.0, 2.0, np.nan])))
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not STEM.is_dir(), reason="../shared/realdata is absent")
+def test_sweep_networks_are_scored_on_real_frames_and_logged(tiny_sweep, tmp_path):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    code = realbench.main(["--data", str(STEM), "--out", str(tmp_path), "--limit", "2",
+                           "--sweep", tiny_sweep.parent_run_id,
+                           "--tracking-uri", tiny_sweep.tracking_uri, "--no-progress"])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "results_sweep.csv")
+    assert len(table) == 2 and table["final/real/frames"].eq(2).all()
+    assert table["final/real/f1"].between(0, 1).all()
+    client = MlflowClient(tiny_sweep.tracking_uri)
+    for _, row in table.iterrows():
+        logged = client.get_run(row["run_id"]).data.metrics
+        assert logged["final/real/f1"] == pytest.approx(row["final/real/f1"])
+        assert "final/val/f1_otsu" in logged  # the synthetic scores stay beside it
+    assert "Spearman" in (tmp_path / "results_sweep.md").read_text()
+
+
+def test_sweep_mode_without_a_store_is_one_line(tmp_path, capsys):
+    if not STEM.is_dir():
+        pytest.skip("../shared/realdata is absent")
+    code = realbench.main(["--data", str(STEM), "--out", str(tmp_path), "--limit", "1",
+                           "--sweep", "latest", "--tracking-uri",
+                           f"sqlite:///{tmp_path}/none.db", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.db" in err[0] and not (tmp_path / "none.db").exists()

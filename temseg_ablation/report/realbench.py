@@ -194,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--model", default=None, help="checkpoint (best.ckpt) of a trained network")
+    ap.add_argument("--sweep", default=None,
+                    help="score every finished network of this sweep (parent run id or 'latest') "
+                         "and log final/real/* to each run, instead of the classical methods")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="MLflow store of --sweep / run ids (default: $MLFLOW_TRACKING_URI if set, "
+                         "else sqlite:///<$TEMSEG_ROOT or .>/mlruns/mlflow.db)")
+    ap.add_argument("--no-log", action="store_true", help="with --sweep: do not log to the runs")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     images = args.data / "images"
@@ -203,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(p.stem for p in images.glob("*.jpg"))
     if args.limit is not None:
         names = names[: max(args.limit, 0)]
+    if args.sweep:
+        return _score_sweep(args, names)
     model = None
     if args.model:
         from ..segment.loading import load_model
@@ -219,6 +228,24 @@ def main(argv: list[str] | None = None) -> int:
     print(med_text)
     print(f"scale estimate within 25 %: {sc['within']}/{sc['frames']} frames, "
           f"median |error| {sc['median_abs_error']:.3f}")
+    return 0
+
+
+def _score_sweep(args: argparse.Namespace, names: list[str]) -> int:
+    from ..segment.pipeline import default_tracking_uri
+    from . import realbench_sweep as rs
+
+    uri = args.tracking_uri or default_tracking_uri()
+    try:  # the store first: a wrong address must not wait for 27 scale estimates
+        runs = rs.finished_runs(uri, args.sweep)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"realbench: {err}", file=sys.stderr)
+        return 2
+    frames = rs.load_frames(args.data, names, progress=not args.no_progress)
+    table = rs.score_sweep(uri, runs, frames, log=not args.no_log, progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "results_sweep.csv", index=False)
+    print(rs.write_sweep_markdown(table, args.out / "results_sweep.md", args.data, args.sweep))
     return 0
 
 
