@@ -189,22 +189,46 @@ def test_a_server_unreachable_from_the_start_is_one_line_before_any_job(multirun
     assert not list(tmp_path.glob("outputs/checkpoints/*/*/*.ckpt"))
 
 
+def _mount_tmpfs(disk: Path, options: str) -> None:
+    """Mount a tmpfs at ``disk`` (``mount -o options``), or skip the test saying why."""
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1.5 MB tmpfs: room for one checkpoint of the tiny ``norm`` job (1.1 MB), not two."""
-    import subprocess as sp
-
     disk = tmp_path / "disk"
     disk.mkdir()
-    try:
-        done = sp.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)],
-                      capture_output=True, text=True, timeout=30)
-    except (OSError, sp.TimeoutExpired) as err:
-        pytest.skip(f"cannot mount a small tmpfs here: {err}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+    _mount_tmpfs(disk, "size=1500k")
     yield disk
-    sp.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def readonly_disk(tmp_path):
+    """A read-only filesystem (a tmpfs mounted ``ro``), as a full or write-protected share."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    _mount_tmpfs(disk, "size=1m,ro")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_store_on_a_read_only_disk_is_one_line(tmp_path, readonly_disk,
+                                                          subprocess_env):
+    res = run_app(app_cmd(f"logger.tracking_uri=sqlite:///{readonly_disk}/mlflow.db",
+                          multirun=False), subprocess_env, tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: logger.tracking_uri={readonly_disk}: folder is not writable (Read-only file system)")
+    assert "Traceback" not in res.stderr + res.stdout
 
 
 @pytest.mark.slow

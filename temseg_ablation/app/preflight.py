@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -62,7 +63,8 @@ def check_output_paths(paths: Mapping[str, str | Path], min_free_mb: float = DEF
         except OSError as err:
             raise OutputPathError(f"{where}: folder is not writable ({err.strerror or err})") from None
         finally:
-            probe.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only disk refuses even this unlink
+                probe.unlink(missing_ok=True)
         free_mb = shutil.disk_usage(folder).free / 2**20
         if free_mb < min_free_mb:
             raise OutputPathError(f"{where}: only {free_mb:.0f} MB free on its disk, a job needs at "
