@@ -189,8 +189,10 @@ def test_a_server_unreachable_from_the_start_is_one_line_before_any_job(multirun
     assert not list(tmp_path.glob("outputs/checkpoints/*/*/*.ckpt"))
 
 
-def _mount_tmpfs(disk: Path, options: str) -> None:
-    """Mount a tmpfs at ``disk`` (``mount -o options``), or skip the test saying why."""
+def _tmpfs(tmp_path: Path, name: str, options: str):
+    """Mount a tmpfs at ``tmp_path / name`` (``mount -o options``) for one test, or skip saying why."""
+    disk = tmp_path / name
+    disk.mkdir()
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
                               capture_output=True, text=True, timeout=30)
@@ -198,26 +200,20 @@ def _mount_tmpfs(disk: Path, options: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {err}")
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1.5 MB tmpfs: room for one checkpoint of the tiny ``norm`` job (1.1 MB), not two."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    _mount_tmpfs(disk, "size=1500k")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    yield from _tmpfs(tmp_path, "disk", "size=1500k")
 
 
 @pytest.fixture
 def readonly_disk(tmp_path):
     """A read-only filesystem (a tmpfs mounted ``ro``), as a full or write-protected share."""
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    _mount_tmpfs(disk, "size=1m,ro")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    yield from _tmpfs(tmp_path, "ro", "size=1m,ro")
 
 
 @pytest.mark.slow

@@ -250,14 +250,18 @@ def _end(outbox: Outbox, run_id: str, status: str, tags: dict[str, str] | None =
     Each write is tried on its own, so a tag or artifact that cannot be written (full disk,
     rejected value) never keeps the run from leaving RUNNING.
     """
-    if not outbox.closed:
-        for what, write in (("tags", lambda: tags and outbox.set_tags(run_id, tags)),
-                            ("error artifact",
-                             lambda: artifact is not None and outbox.log_artifact(run_id, artifact))):
-            try:
-                write()
-            except Exception as err:  # noqa: BLE001 - the status below matters more
-                log.warning("could not record the %s of run %s: %s", what, run_id, err)
+    writes: list[tuple[str, Callable[[], Any]]] = []
+    if tags:
+        writes.append(("tags", lambda: outbox.set_tags(run_id, tags)))
+    if artifact is not None:
+        writes.append(("error artifact", lambda: outbox.log_artifact(run_id, artifact)))
+    for what, write in writes:
+        if outbox.closed:
+            break
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001 - the status below matters more
+            log.warning("could not record the %s of run %s: %s", what, run_id, err)
     try:
         if not outbox.closed:
             outbox.set_status(run_id, status)

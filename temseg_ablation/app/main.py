@@ -83,8 +83,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
             if isinstance(err, ConfigError):
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(EXIT_USAGE) from None
-            if disk_full(err):
-                print(f"error: {job_name}: no space left on device ({one_line(disk_full(err))}); "
+            full = disk_full(err)
+            if full is not None:
+                print(f"error: {job_name}: no space left on device ({one_line(full)}); "
                       "the run is marked FAILED and its checkpoints so far are kept: free space "
                       "and run the same command again to resume", file=sys.stderr)
                 raise SystemExit(EXIT_FAILED) from None
