@@ -131,6 +131,16 @@ def test_sweep_networks_are_scored_on_real_frames_and_logged(tiny_sweep, tmp_pat
         assert "final/val/f1_otsu" in logged  # the synthetic scores stay beside it
     assert "Spearman" in (tmp_path / "results_sweep.md").read_text()
 
+    # a second pass resumes: runs that already carry final/real/* are not scored again
+    first = table.iloc[0]["run_id"]
+    client.log_metric(first, "final/real/f1", 0.123)
+    again = tmp_path / "again"
+    assert realbench.main(["--data", str(STEM), "--out", str(again), "--limit", "2",
+                           "--sweep", tiny_sweep.parent_run_id,
+                           "--tracking-uri", tiny_sweep.tracking_uri, "--no-progress"]) == 0
+    rerun = pd.read_csv(again / "results_sweep.csv").set_index("run_id")
+    assert rerun.loc[first, "final/real/f1"] == pytest.approx(0.123)
+
 
 def test_sweep_mode_without_a_store_is_one_line(tmp_path, capsys):
     if not STEM.is_dir():

@@ -93,14 +93,27 @@ def finished_runs(tracking_uri: str, sweep: str,
     return runs
 
 
+def _logged_scores(run: pd.Series, n_frames: int) -> dict[str, float] | None:
+    """The run's logged ``final/real/*`` scores when complete for ``n_frames`` frames, else None."""
+    keys = [f"{REAL_PREFIX}{k}" for k in (*LOGGED, "abs_count_rel_error", "frames")]
+    values = {k: run.get(k) for k in keys}
+    if any(v is None or not np.isfinite(float(v)) for v in values.values()):
+        return None
+    if int(values[f"{REAL_PREFIX}frames"]) != n_frames:
+        return None
+    return {k: float(v) for k, v in values.items()}
+
+
 def score_sweep(tracking_uri: str, runs: pd.DataFrame, frames: list[RealFrame], *,
                 log: bool = True, progress: bool = True) -> pd.DataFrame:
     """Score every run of ``runs`` (``finished_runs``) on ``frames``.
 
     Returns one row per run: run_id, run_name, variant, seed, ``final/val/f1_otsu``,
     ``final/test/f1_otsu`` (when logged) and the ``final/real/*`` medians; with ``log`` the
-    medians are logged to each run. A run whose checkpoint cannot be loaded is listed with its
-    error and no scores; the others go on.
+    medians are logged to each run. A run that already carries every ``final/real/*`` score for
+    this many frames (an earlier, interrupted pass) is not scored again, so a rerun resumes. A
+    run whose checkpoint cannot be loaded is listed with its error and no scores; the others go
+    on.
     """
     from tqdm.auto import tqdm
 
@@ -111,6 +124,10 @@ def score_sweep(tracking_uri: str, runs: pd.DataFrame, frames: list[RealFrame], 
     for _, run in tqdm(list(runs.iterrows()), desc="networks", unit="run", disable=not progress):
         row = {k: run.get(k) for k in ("run_id", "run_name", "variant", "seed",
                                        "final/val/f1_otsu", "final/test/f1_otsu") if k in run}
+        done = _logged_scores(run, len(frames))
+        if done is not None:
+            rows.append({**row, **done})
+            continue
         try:
             model = load_model(str(run["run_id"]), tracking_uri)
         except Exception as err:  # noqa: BLE001 - one unloadable run must not stop the others
