@@ -185,7 +185,7 @@ def test_measure_table_columns_pairing_and_verdicts():
 
 
 def test_measure_table_five_seeds_cannot_reach_significance():
-    t = table1.measure_table(_runs({"norm_k7": 0.1}, 5))
+    t = table1.measure_table(_runs({"norm_k7": 0.1}, 5), min_pairs=5)
     k7 = t[(t["row"] == "5") & t["primary"]].iloc[0]
     assert k7["ci_low"] > 0 and k7["p_value"] == pytest.approx(0.0625)
     assert k7["verdict"] == "inconclusive"
@@ -213,10 +213,31 @@ def test_measure_table_holm_across_rows_and_convergence():
     assert (t.loc[t["primary"], "verdict"] == "not converged").all()
 
 
+def test_rows_are_judged_on_converged_pairs_only():
+    runs = _runs({"norm_k7": 0.1}, 10)
+    # seed 3 of k7 did not converge, and its value is wild: the row uses the 9 other pairs
+    k7 = (runs["arm"] == "norm_k7") & (runs["seed"] == 3)
+    runs.loc[k7, "converged"] = False
+    runs.loc[k7, "final/test/f1_otsu"] = 0.0
+    r = table1.measure_table(runs).set_index(["row", "measure"]).loc[("5", "f1_otsu")]
+    assert r["converged"] and r["n_seeds"] == 9
+    assert r["diff"] == pytest.approx(np.mean([0.1 + 0.002 * (s % 3) for s in range(10) if s != 3]))
+    assert r["p_value"] == pytest.approx(2 / 2 ** 9) and r["verdict"] == "supports"
+    # a second failed seed leaves 8 pairs (still judged); a third leaves 7: not converged
+    runs.loc[(runs["arm"] == "norm") & (runs["seed"] == 5), "converged"] = False
+    r = table1.measure_table(runs).set_index(["row", "measure"]).loc[("5", "f1_otsu")]
+    assert r["converged"] and r["n_seeds"] == 8
+    runs.loc[(runs["arm"] == "norm") & (runs["seed"] == 7), "converged"] = False
+    r = table1.measure_table(runs).set_index(["row", "measure"]).loc[("5", "f1_otsu")]
+    assert not r["converged"] and r["verdict"] == "not converged" and r["n_seeds"] == 10
+    assert np.isnan(r["p_adjusted"])  # an unjudged row spends none of Holm's alpha
+
+
 def test_measure_table_equivalence_rows_and_preview():
-    t = table1.measure_table(_runs({"norm_depth3": 0.0, "shallow_wide": -0.15}, 5))
+    t = table1.measure_table(_runs({"norm_depth3": 0.0, "shallow_wide": -0.15}, 5), min_pairs=5)
     t = t.set_index(["row", "measure"])
     assert t.loc[("6", "f1_otsu"), "verdict"] == "supports"  # within +-0.02
+    assert np.isnan(t.loc[("6", "f1_otsu"), "p_adjusted"])  # judged on its interval, not on p
     assert t.loc[("8", "f1_otsu"), "verdict"] == "contradicts"  # entirely below -0.02
     pre = table1.measure_table(_runs({"norm_depth3": 0.0}, 5), profile="preview")
     assert (pre["verdict"] == "preview: no verdict").all()
@@ -230,7 +251,7 @@ def test_measure_table_reads_the_test_split():
 def test_markdown_and_figure(tmp_path):
     runs = _runs({"norm_k7": 0.1, "norm_blur1": -0.5}, 6)
     runs["final/test/edge_offset_px"] = runs["final/test/f1_otsu"]
-    t = table1.measure_table(runs)
+    t = table1.measure_table(runs, min_pairs=6)
     blur = t[(t["row"] == "2a") & t["primary"]].iloc[0]
     # 6 seeds: p = 2/64, Holm over the 2 tested primaries (2a, 5) = 1/16
     assert blur["p_adjusted"] == pytest.approx(2 * 2 / 64) and blur["verdict"] == "inconclusive"

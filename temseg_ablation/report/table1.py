@@ -5,9 +5,9 @@ Each row compares a *treated* arm with a *base* arm that differ only in the row'
 seed, so per-seed differences treated - base are paired observations. For every row x measure
 the table gives the mean difference, a paired t-interval clipped to the measure's feasible range,
 an exact sign-flip (paired permutation) p-value and, for the one *primary* measure of each row, a
-Holm-adjusted p-value over all primary measures of the table. Only primary measures drive
-verdicts (rule: :func:`row_verdict`); secondary measures are reported, not judged. Nothing is tuned
-by hand.
+Holm-adjusted p-value over the table's judged directional primary measures. Only primary
+measures drive verdicts (rule: :func:`row_verdict`); secondary measures are reported, not
+judged. Nothing is tuned by hand.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ ALPHA = 0.05
 EXACT_MAX_N = 20
 #: Pre-registered "no real difference" half-width for the findings module (pixel F1 units).
 EQUIVALENCE_MARGIN = 0.02
+#: A row is judged only on seeds where both arms converged, and needs at least this many such
+#: pairs (the protocol's minimum seed count); fewer gives ``not converged``.
+MIN_CONVERGED_PAIRS = 8
 #: Columns of ``table1.csv``, in order.
 COLUMNS = ("row", "measure", "primary", "n_seeds", "base", "treated", "diff", "ci_low", "ci_high",
            "p_value", "p_adjusted", "converged", "verdict")
@@ -279,7 +282,7 @@ def row_verdict(m: Measure, low: float, high: float, p_adjusted: float, converge
     """Table 1 verdict of one row x measure.
 
     Order: a preview profile gives none; a secondary measure is not judged; an arm with any
-    unconverged seed gives ``not converged``. A directional (primary) measure supports the paper
+    ``converged`` False (too few seed pairs where both arms converged) gives ``not converged``. A directional (primary) measure supports the paper
     when the Holm-adjusted p < ``ALPHA`` and the interval lies entirely on the expected side,
     contradicts it when p < ``ALPHA`` and the interval lies entirely on the other side. A
     'no change' measure (TOST-style) supports when the interval lies inside +-margin and
@@ -321,13 +324,17 @@ def _converged(runs: pd.DataFrame) -> pd.Series:
     return pd.Series(False, index=runs.index)
 
 
-def measure_table(runs: pd.DataFrame, split: str = SPLIT, profile: str | None = None) -> pd.DataFrame:
+def measure_table(runs: pd.DataFrame, split: str = SPLIT, profile: str | None = None,
+                  min_pairs: int = MIN_CONVERGED_PAIRS) -> pd.DataFrame:
     """Table of every row x measure, with exactly the columns :data:`COLUMNS`.
 
     ``runs`` has one row per finished job with columns ``arm``, ``seed``,
     ``final/<split>/<key>`` and ``converged`` (bool; or the metric ``final/converged``; runs
-    without it count as not converged). ``base`` / ``treated`` are the arms' means over the
-    paired seeds, ``diff`` and the interval are of treated - base.
+    without it count as not converged). A row is judged on the seeds where both of its runs
+    converged when there are at least ``min_pairs`` of them (``converged`` True,
+    ``n_seeds`` = those pairs); otherwise it is shown over every paired seed and not judged.
+    ``base`` / ``treated`` are the arms' means over the seeds used, ``diff`` and the interval
+    are of treated - base.
     """
     runs = runs.assign(_conv=_converged(runs))
     preview = profile in PREVIEW_PROFILES
@@ -335,9 +342,12 @@ def measure_table(runs: pd.DataFrame, split: str = SPLIT, profile: str | None = 
     for row in ROWS:
         base = runs[runs["arm"] == row.base].drop_duplicates("seed").set_index("seed")
         treated = runs[runs["arm"] == row.treated].drop_duplicates("seed").set_index("seed")
-        seeds = sorted(set(base.index) & set(treated.index))
-        # any unconverged seed of either arm withholds the verdict; no runs = not converged
-        conv = bool(len(base) and len(treated) and base["_conv"].all() and treated["_conv"].all())
+        paired = sorted(set(base.index) & set(treated.index))
+        both = [s for s in paired if base.at[s, "_conv"] and treated.at[s, "_conv"]]
+        # judged on the seeds where both arms converged, and only with enough of them; otherwise
+        # every paired seed is shown, unjudged
+        conv = len(both) >= max(1, min_pairs)
+        seeds = both if conv else paired
         for m in row.measures:
             col = f"final/{split}/{m.key}"
             if col in base.columns and col in treated.columns and seeds:
@@ -357,8 +367,13 @@ def measure_table(runs: pd.DataFrame, split: str = SPLIT, profile: str | None = 
             })
     table = pd.DataFrame(out, columns=[c for c in COLUMNS if c not in ("p_adjusted", "verdict")])
     table["p_adjusted"] = np.nan
-    prim = table["primary"].to_numpy(bool)
-    table.loc[prim, "p_adjusted"] = holm(table.loc[prim, "p_value"].to_numpy(float))
+    # Holm's family: the primary measures whose verdict rests on a p-value, i.e. directional
+    # rows that are judged; 'no change' rows are judged on their interval, unconverged rows not
+    # at all, so neither spends any of the family's alpha
+    directional = np.array([find_measure(r, k)[1].expect != 0
+                            for r, k in zip(table["row"], table["measure"], strict=True)], dtype=bool)
+    family = table["primary"].to_numpy(bool) & table["converged"].to_numpy(bool) & directional
+    table.loc[family, "p_adjusted"] = holm(table.loc[family, "p_value"].to_numpy(float))
     table["verdict"] = [
         row_verdict(find_measure(r["row"], r["measure"])[1], r["ci_low"], r["ci_high"],
                     r["p_adjusted"], r["converged"], preview)

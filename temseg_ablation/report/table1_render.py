@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .table1 import ALPHA, PREVIEW_VERDICT, SECONDARY_VERDICT, Measure, find_measure
+from .table1 import (
+    ALPHA,
+    MIN_CONVERGED_PAIRS,
+    PREVIEW_VERDICT,
+    SECONDARY_VERDICT,
+    Measure,
+    find_measure,
+)
 
 __all__ = ["to_markdown", "effects_figure"]
 
@@ -29,8 +36,8 @@ def to_markdown(table: pd.DataFrame, profile: str, n_seeds: int, note: str = "")
         "treated - base)",
         "",
         "| # | modification (treated vs base) | measure | base | treated | difference [95 % CI] "
-        "| p (sign-flip) | p (Holm) | paper's conclusion | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| n | p (sign-flip) | p (Holm) | paper's conclusion | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for _, r in table.iterrows():
         row, m = find_measure(r["row"], r["measure"])
@@ -40,15 +47,16 @@ def to_markdown(table: pd.DataFrame, profile: str, n_seeds: int, note: str = "")
         lines.append(
             f"| {row.id} | {row.modification} (`{row.treated}` vs `{row.base}`) | {name} | "
             f"{_fmt(r['base'], sign=False)} | {_fmt(r['treated'], sign=False)} | {ci} | "
-            f"{_fmt(r['p_value'], sign=False)} | {_fmt(r['p_adjusted'], sign=False)} | "
+            f"{int(r['n_seeds'])} | {_fmt(r['p_value'], sign=False)} | {_fmt(r['p_adjusted'], sign=False)} | "
             f"{row.paper} | **{r['verdict']}** |")
     lines += ["", "Each row has one primary measure (bold); only it is judged. Intervals are "
               "paired t-intervals clipped to the measure's feasible range; p is an exact "
               "two-sided sign-flip test (smallest possible p = 2/2^n: 0.0625 with 5 seeds), "
-              "Holm-adjusted over the table's primary measures. Directional rows: supports / "
+              "Holm-adjusted over the directional primary measures of the judged (converged) rows. Directional rows: supports / "
               f"contradicts need Holm p < {ALPHA} and the interval on the expected / opposite "
               "side. 'No change' rows: the interval inside +-margin supports, entirely outside "
-              "contradicts. Any unconverged (or unchecked) seed of either arm: not converged."]
+              "contradicts. A row is judged on the seeds where both arms converged (n); fewer than "
+              f"{MIN_CONVERGED_PAIRS} such pairs: not converged (shown over all paired seeds)."]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
