@@ -281,9 +281,9 @@ def row_verdict(m: Measure, low: float, high: float, p_adjusted: float, converge
                 preview: bool = False) -> str:
     """Table 1 verdict of one row x measure.
 
-    Order: a preview profile gives none; a secondary measure is not judged; an arm with any
-    ``converged`` False (too few seed pairs where both arms converged) gives ``not converged``. A directional (primary) measure supports the paper
-    when the Holm-adjusted p < ``ALPHA`` and the interval lies entirely on the expected side,
+    Order: a preview profile gives none; a secondary measure is not judged; ``converged``
+    False (too few seed pairs where both arms converged) gives ``not converged``. A
+    directional (primary) measure supports the paper when the Holm-adjusted p < ``ALPHA`` and the interval lies entirely on the expected side,
     contradicts it when p < ``ALPHA`` and the interval lies entirely on the other side. A
     'no change' measure (TOST-style) supports when the interval lies inside +-margin and
     contradicts when it lies entirely outside it. Anything else is ``inconclusive``.
@@ -370,12 +370,11 @@ def measure_table(runs: pd.DataFrame, split: str = SPLIT, profile: str | None = 
     # Holm's family: the primary measures whose verdict rests on a p-value, i.e. directional
     # rows that are judged; 'no change' rows are judged on their interval, unconverged rows not
     # at all, so neither spends any of the family's alpha
-    directional = np.array([find_measure(r, k)[1].expect != 0
-                            for r, k in zip(table["row"], table["measure"], strict=True)], dtype=bool)
+    defs = [find_measure(r, k)[1] for r, k in zip(table["row"], table["measure"], strict=True)]
+    directional = np.array([m.expect != 0 for m in defs], dtype=bool)
     family = table["primary"].to_numpy(bool) & table["converged"].to_numpy(bool) & directional
     table.loc[family, "p_adjusted"] = holm(table.loc[family, "p_value"].to_numpy(float))
     table["verdict"] = [
-        row_verdict(find_measure(r["row"], r["measure"])[1], r["ci_low"], r["ci_high"],
-                    r["p_adjusted"], r["converged"], preview)
-        for _, r in table.iterrows()]
+        row_verdict(m, r["ci_low"], r["ci_high"], r["p_adjusted"], r["converged"], preview)
+        for m, (_, r) in zip(defs, table.iterrows(), strict=True)]
     return table[list(COLUMNS)]

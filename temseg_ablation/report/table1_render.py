@@ -47,12 +47,14 @@ def to_markdown(table: pd.DataFrame, profile: str, n_seeds: int, note: str = "")
         lines.append(
             f"| {row.id} | {row.modification} (`{row.treated}` vs `{row.base}`) | {name} | "
             f"{_fmt(r['base'], sign=False)} | {_fmt(r['treated'], sign=False)} | {ci} | "
-            f"{int(r['n_seeds'])} | {_fmt(r['p_value'], sign=False)} | {_fmt(r['p_adjusted'], sign=False)} | "
+            f"{int(r['n_seeds'])} | {_fmt(r['p_value'], sign=False)} | "
+            f"{_fmt(r['p_adjusted'], sign=False)} | "
             f"{row.paper} | **{r['verdict']}** |")
     lines += ["", "Each row has one primary measure (bold); only it is judged. Intervals are "
               "paired t-intervals clipped to the measure's feasible range; p is an exact "
               "two-sided sign-flip test (smallest possible p = 2/2^n: 0.0625 with 5 seeds), "
-              "Holm-adjusted over the directional primary measures of the judged (converged) rows. Directional rows: supports / "
+              "Holm-adjusted over the directional primary measures of the judged (converged) rows. "
+              "Directional rows: supports / "
               f"contradicts need Holm p < {ALPHA} and the interval on the expected / opposite "
               "side. 'No change' rows: the interval inside +-margin supports, entirely outside "
               "contradicts. A row is judged on the seeds where both arms converged (n); fewer than "
