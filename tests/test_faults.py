@@ -283,9 +283,8 @@ def test_ctrl_c_then_sigkill_then_the_sweep_resumes(tmp_path, subprocess_env):
     """Ctrl-C ends runs as KILLED; SIGKILL leaves them resumable; a rerun skips finished jobs
     and resumes the interrupted one into the same MLflow run until it finishes."""
     epochs = 20
-    # job 0: one epoch; job 1: long. Epochs of 96 steps (not the fast 4): an epoch's training loss
-    # reaches the store ~20 ms after its checkpoint, and a kill in between loses that point
-    # (known gap), so the epochs must be long enough for the kills below to land mid-epoch
+    # job 0: one epoch; job 1: long. Epochs of 96 steps (not the fast 4), so that the kills
+    # below land mid-epoch and the epoch counts they assert are unambiguous
     cmd = [("data.samples_per_epoch=192" if a.startswith("data.samples_per_epoch=") else a)
            for a in app_cmd(f"trainer.max_epochs=1,{epochs}")]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")

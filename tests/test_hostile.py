@@ -236,7 +236,8 @@ def test_sigkill_of_the_parallel_launcher_stops_its_workers(tmp_path, subprocess
     wait_for(lambda: not any(_alive(p) for p in workers), "the orphaned workers to stop",
              timeout=150)
     statuses = {r.info.status for r in job_runs(client)}
-    assert statuses == {"KILLED"}, statuses  # marked as interrupted, resumable by a rerun
+    # marked as interrupted, resumable by a rerun
+    assert statuses == {"KILLED"}, f"{statuses}\n{log.read_text()[-6000:]}"
     assert "launcher (pid" in log.read_text()
 
 

@@ -191,9 +191,12 @@ def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> tuple[Any, list[Any]]:
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="max",
                            save_top_k=1, enable_version_counter=False)
     # last.ckpt is what a resume starts from, so it must be the newest epoch; Lightning's own
-    # save_last only rewrites it when the monitored best improves, hence a second callback
+    # save_last only rewrites it when the monitored best improves, hence a second callback;
+    # saved at the end of every training epoch, not only of those that validate
+    # (trainer.check_val_every_n_epoch > 1)
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                             every_n_epochs=1, enable_version_counter=False)
+                             every_n_epochs=1, save_on_train_epoch_end=True,
+                             enable_version_counter=False)
     callbacks: list[Any] = [best, latest]
     if cfg.get("fail_after_epochs") is not None:
         callbacks.append(FailAfter(int(cfg.fail_after_epochs)))

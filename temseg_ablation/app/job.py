@@ -65,6 +65,7 @@ from .config import flatten, to_plain, to_yaml
 from .finalize import log_final_results
 from .preflight import preflight
 from .validate import validate_config
+from .watchdog import interrupt_taken
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ def _train_run(cfg: DictConfig, tracker: Tracker, outbox: Outbox, job_dir: Path,
                                          resume=resume_path, job_dir=job_dir, outbox=outbox)
         outbox.set_status(run_id, "FINISHED")
     except (KeyboardInterrupt, SystemExit):
+        interrupt_taken()  # before any write: a resent interrupt must not cut the cleanup short
         _end(outbox, run_id, "KILLED")
         raise
     except Exception as err:

@@ -20,7 +20,7 @@ from . import sweep
 from .build import ConfigError
 from .config import CONFIG_DIR, quote_numeric_groups
 from .job import run_job
-from .watchdog import die_with_parent
+from .watchdog import die_with_parent, interrupt_taken
 
 log = logging.getLogger("temseg_ablation")
 #: Environment variable naming the pid of the process that runs the sweep.
@@ -72,6 +72,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         result = run_job(cfg, job_dir, job_name=job_name, sweep_dir=sweep_dir,
                          parent_run_id=sweep.parent_run_id(sweep_dir) if multirun else None)
     except (KeyboardInterrupt, SystemExit):
+        interrupt_taken()
         sweep.write_status(job_dir, {**record, "status": "killed",
                                      "seconds": round(time.time() - start, 1)})
         raise

@@ -11,15 +11,23 @@ import time
 log = logging.getLogger("temseg_ablation")
 
 _started_for: int | None = None
+_taken = threading.Event()
 
 
-def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+def interrupt_taken() -> None:
+    """Tell the watchdog that the job caught its interrupt and is cleaning up (no more resends)."""
+    _taken.set()
+
+
+def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0, resend_s: float = 5.0) -> None:
     """Stop this process when its parent (the sweep's launcher) is gone.
 
     A daemon thread polls the parent pid; once the process has been re-parented (the launcher
     was SIGKILLed or crashed) it raises ``KeyboardInterrupt`` in the main thread, so the running
     job is marked KILLED and its checkpoint kept as after Ctrl-C, and after ``grace_s`` seconds
-    exits hard. Started once per process (pool workers run many jobs); a rerun resumes the job.
+    exits hard. The interrupt is sent again every ``resend_s`` seconds until the job reports
+    it taken (``interrupt_taken``), so one that lands where nobody looks is not the end of it.
+    Started once per process (pool workers run many jobs); a rerun resumes the job.
     """
     global _started_for
     parent = os.getppid()
@@ -32,8 +40,11 @@ def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
             time.sleep(poll_s)
         log.error("the sweep's launcher (pid %d) is gone: stopping this job; run the same "
                   "command again to resume it", parent)
-        _thread.interrupt_main()
-        time.sleep(grace_s)
+        deadline = time.monotonic() + grace_s
+        while not _taken.is_set() and time.monotonic() < deadline:
+            _thread.interrupt_main()
+            _taken.wait(resend_s)
+        time.sleep(max(0.0, deadline - time.monotonic()))
         os._exit(1)
 
     threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()

@@ -16,9 +16,10 @@ from .outbox import Outbox
 class OutboxLogger(Logger):
     """Buffers Lightning's per-step metrics and sends them through an ``Outbox`` in batches.
 
-    A batch goes out with every epoch-level metric (validation, ``*_epoch``; Lightning logs the
-    training epoch's after its checkpoint, so waiting would lose it to a kill), after each
-    checkpoint, every ``flush_every_s`` seconds, and at the end of each trainer call.
+    A batch goes out with every epoch-level metric (validation, ``*_epoch``: each reaches the
+    outbox before the epoch's checkpoint, so a kill cannot leave a checkpointed epoch without
+    them), after each checkpoint, every ``flush_every_s`` seconds, and at the end of each
+    trainer call.
     ``get_outbox`` is called on first use, so ranks other than 0 never open the outbox.
     Hyperparameters are not logged here: the job logs the whole config as params.
     """

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import queries
+from .interrupts import sigint_deferred
 from .tags import (  # noqa: F401 - re-exported: callers import the tags from here too
     TAG_CHECKPOINT,
     TAG_HASH,
@@ -72,18 +73,24 @@ def one_line(err: BaseException, limit: int = 300) -> str:
     return (text[0] if text else type(err).__name__)[:limit]
 
 
-def with_retry(fn: Callable[[], T], *, what: str, timeout_s: float = 60.0, first_wait_s: float = 0.5) -> T:
+def with_retry(fn: Callable[[], T], *, what: str, timeout_s: float = 60.0, first_wait_s: float = 0.5,
+               hold_sigint: bool = False) -> T:
     """Call ``fn`` until it succeeds or ``timeout_s`` passes, waiting longer after each failure.
 
     Transient tracking-server outages and "database is locked" errors from parallel sqlite
     writers end up here; errors that cannot go away by waiting (a rejected request, bad
-    credentials) are raised at once, and the last transient one when time runs out.
+    credentials) are raised at once, and the last transient one when time runs out. With
+    ``hold_sigint`` a Ctrl-C waits for the end of the attempt in progress (never the waits
+    between attempts), so it cannot cut a local database transaction in half.
     """
     deadline = time.monotonic() + timeout_s
     wait = first_wait_s
     while True:
         try:
-            return fn()
+            if not hold_sigint:
+                return fn()
+            with sigint_deferred():
+                return fn()
         except Exception as err:
             if not is_transient(err) or time.monotonic() + wait > deadline:
                 raise
@@ -138,6 +145,8 @@ class Tracker:
                  retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S) -> None:
         configure_client(tracking_uri)
         self.uri = tracking_uri
+        # an interrupted sqlite transaction keeps its lock in this process (see interrupts.py)
+        self._local_db = tracking_uri.startswith("sqlite:")
         self.experiment_name = experiment_name
         self.retry_timeout_s = retry_timeout_s
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -154,7 +163,7 @@ class Tracker:
         return other
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        return with_retry(fn, what=what, timeout_s=self.retry_timeout_s)
+        return with_retry(fn, what=what, timeout_s=self.retry_timeout_s, hold_sigint=self._local_db)
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(name)

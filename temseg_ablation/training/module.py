@@ -69,6 +69,8 @@ class SegmentationModule(pl.LightningModule):
         self._probed_prenorm = probed_layers(net, prenorm=True)
         self._metrics = nn.ModuleDict(self._new_metrics())
         self._hooks: list[Any] = []
+        # this epoch's training loss, summed over samples on this rank (see _log_train_epoch_loss)
+        self._epoch_loss_sum, self._epoch_loss_n, self._epoch_loss_logged = 0.0, 0, False
 
     def _new_metrics(self) -> dict[str, nn.Module]:
         h = self.hparams
@@ -102,11 +104,29 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         logits = self.net(batch["image"])
         loss = F.cross_entropy(logits, batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0])
+        n = batch["image"].shape[0]
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self._epoch_loss_sum += float(loss.detach()) * n
+        self._epoch_loss_n += n
         return loss
 
+    def _log_train_epoch_loss(self) -> None:
+        # Lightning logs an epoch's on_epoch values only after the epoch's checkpoints are
+        # written, so a kill in between resumed past an epoch whose loss never reached the
+        # store; logged here, before any checkpoint of the epoch, at the step Lightning used
+        if self._epoch_loss_logged or not self._epoch_loss_n:
+            return
+        self._epoch_loss_logged = True
+        point = {"train/loss_epoch": self._epoch_loss_sum / self._epoch_loss_n,
+                 "epoch": float(self.current_epoch)}
+        for logger in self.loggers:
+            logger.log_metrics(point, step=max(int(self.global_step) - 1, 0))
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        self._log_train_epoch_loss()  # epochs without validation; module hooks precede checkpoints
+
     def on_train_epoch_start(self) -> None:  # noqa: D102
+        self._epoch_loss_sum, self._epoch_loss_n, self._epoch_loss_logged = 0.0, 0, False
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "train_set", None) is not None:
             dm.train_set.set_epoch(self.current_epoch)
@@ -143,6 +163,8 @@ class SegmentationModule(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
+        if self.prefix == "val" and self._fitting() and self.trainer.is_last_batch:
+            self._log_train_epoch_loss()  # epoch-end validation runs before the checkpoints
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
