@@ -19,8 +19,8 @@ from .pipeline import SegmentError, SegmentOptions, run_segmentation
 EXIT_OK, EXIT_NOTHING = 0, 2  # 2: nothing segmented, or a bad option / model / output folder
 _EPILOG = """\
 MODEL is a checkpoint file, an MLflow run id (its checkpoints/best.ckpt artifact is used),
-models:/NAME/VERSION from the model registry, or 'classical' (the pseudo-labelling pipeline,
-no network). FRAMES are files, glob patterns or folders (DM3/DM4/EMD/TIA/TIFF/PNG/NPY/HSPY);
+models:/NAME/VERSION or models:/NAME@ALIAS from the model registry (temseg-register puts a
+run there), or 'classical' (the pseudo-labelling pipeline, no network). FRAMES are files, glob patterns or folders (DM3/DM4/EMD/TIA/TIFF/PNG/NPY/HSPY);
 unreadable files are reported and skipped. Results are written frame by frame; a rerun into
 the same --out with the same options continues where the last one stopped.
 
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "measure every particle and optionally track coarsening through a sequence.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("frames", nargs="+", metavar="FRAMES", help="files, glob patterns or folders")
-    p.add_argument("--model", required=True, help="checkpoint, run id, models:/NAME/VERSION or 'classical'")
+    p.add_argument("--model", required=True, help="checkpoint, run id, models:/NAME/VERSION, models:/NAME@ALIAS or "
+                        "'classical'")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store for run ids and registered models (default: $MLFLOW_TRACKING_URI "

@@ -23,7 +23,10 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoints/best.ckpt"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
-_MODEL_URI = re.compile(r"models:/([^/]+)/([^/]+)")
+_MODEL_URI = re.compile(r"models:/([^/@]+)/([^/]+)")
+_MODEL_ALIAS = re.compile(r"models:/([^/@]+)@([^/@]+)")
+#: artifact folder of a run's pyfunc model (``register_model`` logs it)
+PYFUNC_ARTIFACT = "model"
 
 
 class ModelSpecError(ValueError):
@@ -74,10 +77,25 @@ def _fetch_checkpoint(url: str, uri: str, map_location: str, *, failure: str) ->
         return load_checkpoint(path, map_location=map_location)
 
 
-def _load_registered(name: str, version: str, tracking_uri: str, map_location: str) -> TrainedModel:
+def _version_checkpoint(source: str) -> str:
+    """Where a model version's ``best.ckpt`` lies: inside its pyfunc model's ``artifacts/``, or
+    (versions registered before pyfunc models) in the checkpoint folder it points at."""
+    from .pyfunc import CHECKPOINT_KEY
+
+    source = source.rstrip("/")
+    if source.endswith(f"/{PYFUNC_ARTIFACT}"):
+        return f"{source}/artifacts/{CHECKPOINT_KEY}"
+    return f"{source}/best.ckpt"
+
+
+def _load_registered(name: str, version: str, tracking_uri: str, map_location: str, *,
+                     alias: str | None = None) -> TrainedModel:
     client, uri = _client(tracking_uri)
+    spec = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     try:
-        if version == "latest":
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif version == "latest":
             versions = client.search_model_versions(f"name = '{name}'")
             if not versions:
                 raise ModelSpecError(f"models:/{name}/latest: no versions registered in {uri}")
@@ -87,18 +105,18 @@ def _load_registered(name: str, version: str, tracking_uri: str, map_location: s
     except ModelSpecError:
         raise
     except Exception as err:
-        raise ModelSpecError(f"models:/{name}/{version}: not found in {uri} "
+        raise ModelSpecError(f"{spec}: not found in {uri} "
                              f"({str(err).splitlines()[0][:120]})") from None
-    model = _fetch_checkpoint(f"{mv.source.rstrip('/')}/best.ckpt", uri, map_location,
-                              failure=f"models:/{name}/{version}: cannot fetch best.ckpt from "
-                                      f"{mv.source}")
+    model = _fetch_checkpoint(_version_checkpoint(mv.source), uri, map_location,
+                              failure=f"{spec}: cannot fetch best.ckpt from {mv.source}")
     model.source = f"models:/{name}/{mv.version} (run {mv.run_id}, {uri})"
     return model
 
 
 def load_model(spec: str, tracking_uri: str = DEFAULT_TRACKING_URI,
                map_location: str = "cpu") -> TrainedModel:
-    """Load the network named by ``spec``: a checkpoint path, a run id or ``models:/NAME/VERSION``.
+    """Load the network named by ``spec``: a checkpoint path, a run id, ``models:/NAME/VERSION``
+    (``latest`` for the newest) or ``models:/NAME@ALIAS``.
 
     A run id fetches the run's ``checkpoints/best.ckpt`` artifact; a registered model version
     fetches ``best.ckpt`` from the version's source. Raises ``ModelSpecError`` or
@@ -107,6 +125,9 @@ def load_model(spec: str, tracking_uri: str = DEFAULT_TRACKING_URI,
     path = Path(spec).expanduser()
     if path.is_file():
         return load_checkpoint(path, map_location=map_location)
+    m = _MODEL_ALIAS.fullmatch(spec)
+    if m:
+        return _load_registered(m.group(1), "", tracking_uri, map_location, alias=m.group(2))
     m = _MODEL_URI.fullmatch(spec)
     if m:
         return _load_registered(m.group(1), m.group(2), tracking_uri, map_location)
@@ -115,24 +136,42 @@ def load_model(spec: str, tracking_uri: str = DEFAULT_TRACKING_URI,
     if path.suffix or "/" in spec:
         raise CheckpointError(path, "no such checkpoint file")
     raise ModelSpecError(f"--model {spec!r}: not a checkpoint file, an MLflow run id (32 hex "
-                         "digits), models:/NAME/VERSION or 'classical'")
+                         "digits), models:/NAME/VERSION, models:/NAME@ALIAS or 'classical'")
 
 
-def register_model(run_id: str, name: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
-    """Register run ``run_id``'s checkpoint folder as a new version of model ``name``; returns the version.
+def register_model(run_id: str, name: str, tracking_uri: str = DEFAULT_TRACKING_URI, *,
+                   alias: str | None = None) -> str:
+    """Register run ``run_id``'s network as a new version of model ``name``; returns the version.
 
-    The version's source is the run's ``checkpoints`` artifact folder, so ``models:/NAME/VERSION``
-    loads its ``best.ckpt``.
+    The run's ``checkpoints/best.ckpt`` becomes a pyfunc model logged into the run as
+    ``model/`` (once; a later registration reuses it), and the version's source is that model,
+    so ``mlflow.pyfunc.load_model("models:/NAME/VERSION")`` segments frames and
+    ``--model models:/NAME/VERSION`` loads its checkpoint. ``alias`` (e.g. ``champion``) is
+    then set on the new version (``models:/NAME@ALIAS``).
     """
-    client, _ = _client(tracking_uri)
-    run = client.get_run(run_id)
+    from .pyfunc import log_pyfunc
+
+    client, uri = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:
+        raise ModelSpecError(f"run {run_id}: not found in {uri} "
+                             f"({str(err).splitlines()[0][:120]})") from None
     names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     if CHECKPOINT_ARTIFACT not in names:
         raise ModelSpecError(f"run {run_id}: has no {CHECKPOINT_ARTIFACT} artifact to register")
+    logged = {a.path for a in client.list_artifacts(run_id, PYFUNC_ARTIFACT)}
+    source = f"{run.info.artifact_uri.rstrip('/')}/{PYFUNC_ARTIFACT}"
+    if f"{PYFUNC_ARTIFACT}/MLmodel" not in logged:
+        with tempfile.TemporaryDirectory(prefix="temseg-register-") as tmp:
+            ckpt = _download(f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACT}", uri, Path(tmp))
+            load_checkpoint(ckpt)  # refuse a checkpoint that would run code before logging it
+            source = log_pyfunc(client, run_id, ckpt, PYFUNC_ARTIFACT)
     try:
         client.create_registered_model(name)
     except Exception:  # already registered: add a version
         client.get_registered_model(name)
-    mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/checkpoints",
-                                     run_id=run_id)
+    mv = client.create_model_version(name, source=source, run_id=run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
