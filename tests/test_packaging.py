@@ -54,3 +54,29 @@ def test_every_console_script_points_at_a_callable_main():
     for name, target in scripts.items():
         module, _, attr = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_optional_extras_stay_out_of_the_core_install():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    # segmenting frames must not pull the PostgreSQL driver, the SLURM launcher or numba
+    for package, extra in (("psycopg2", "server"), ("hydra-submitit-launcher", "slurm"),
+                           ("numba", "fast")):
+        assert package not in core
+        assert any(d.startswith(package) for d in extras[extra])
+    assert extras["all"] == ["temseg-ablation[fast,server,slurm]"]
+    assert "temseg-ablation[all]" in extras["dev"]  # the tests exercise every extra
+
+
+def test_a_launcher_from_a_missing_extra_is_one_line():
+    from temseg_ablation.app.main import missing_launcher
+
+    message = missing_launcher(["-m", "hydra/launcher=slurm", "seed=0,1"], have=lambda m: False)
+    assert message == ("hydra/launcher=slurm needs an optional extra: "
+                       "pip install 'temseg-ablation[slurm]'")
+    assert missing_launcher(["hydra/launcher=slurm"]) is None  # installed here ([dev])
+    assert missing_launcher(["hydra/launcher=parallel"], have=lambda m: False) is None
+    assert missing_launcher(["model=norm"], have=lambda m: False) is None

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +109,38 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+#: launcher options that live in an optional extra: (module that provides it, the extra)
+OPTIONAL_LAUNCHERS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing too
+        return False
+
+
+def missing_launcher(argv: list[str], have: Callable[[str], bool] = _installed) -> str | None:
+    """One line naming the extra to install when ``argv`` picks a launcher that is not installed.
+
+    Hydra would otherwise stop with a page about config search paths before any of our code runs.
+    """
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in OPTIONAL_LAUNCHERS:
+            module, extra = OPTIONAL_LAUNCHERS[value]
+            if not have(module):
+                return (f"hydra/launcher={value} needs an optional extra: "
+                        f"pip install 'temseg-ablation[{extra}]'")
+    return None
+
+
 def main() -> None:
     """Console entry point: run the Hydra app, close the sweep run on crashes, set exit status."""
+    missing = missing_launcher(sys.argv[1:])
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     sys.argv[1:] = quote_numeric_groups(sys.argv[1:])
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # inherited by parallel-launcher workers
     try:
