@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,29 @@ def in_process_env(tmp_path, monkeypatch):
         if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
+
+
+def execute_notebook(path: Path, tmp: Path, monkeypatch) -> tuple[list[dict], str]:
+    """Run every cell of the notebook at ``path`` in a kernel of this interpreter (cwd: its
+    folder); fail on any error. Returns (all outputs, the text printed to its streams)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    spec = tmp / "kernels" / "temseg-test"  # so no user-level kernel install is needed
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "temseg test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="temseg-test", timeout=300,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"
+              or (o.get("output_type") == "stream" and o.get("name") == "stderr"
+                  and "Traceback" in o.get("text", ""))]
+    assert not errors, errors
+    assert nbformat.validate(nb) is None
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    return outputs, text

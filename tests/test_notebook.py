@@ -6,10 +6,6 @@ execute ``notebooks/browse_results.ipynb`` against it so the notebook never rots
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +21,7 @@ from temseg_ablation.report.runs import (
     load_sweep_runs,
     summarise,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, execute_notebook
 from tests.fixtures_sweep import EXPERIMENT, SWEEP_MODELS, TinySweep
 
 pytest_plugins = ["tests.fixtures_sweep"]
@@ -196,36 +192,13 @@ def test_loaders_on_a_real_tiny_sweep(tiny_sweep: TinySweep):
     assert curves[["precision", "recall", "f1"]].stack().between(0, 1).all()
 
 
-def _kernel_dir(tmp: Path) -> str:
-    """A kernelspec running this interpreter, so the test needs no user-level kernel install."""
-    spec = tmp / "kernels" / "temseg-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "temseg test", "language": "python"}))
-    return str(tmp)
 
 
 @pytest.mark.slow
 def test_notebook_executes_against_tiny_sweep(tiny_sweep: TinySweep, tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    monkeypatch.setenv("JUPYTER_PATH", _kernel_dir(tmp_path))
     monkeypatch.setenv("TEMSEG_TRACKING_URI", tiny_sweep.tracking_uri)
     monkeypatch.setenv("TEMSEG_SWEEP", "latest")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="temseg-test", timeout=300,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    errors = [o for o in outputs if o.get("output_type") == "error"
-              or (o.get("output_type") == "stream" and o.get("name") == "stderr"
-                  and "Traceback" in o.get("text", ""))]
-    assert not errors, errors
+    outputs, text = execute_notebook(NOTEBOOK, tmp_path, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert f"{len(SWEEP_MODELS)} runs" in text and tiny_sweep.parent_run_id in text
-    assert nbformat.validate(nb) is None
