@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -87,27 +86,6 @@ def test_open_client_refuses_a_missing_sqlite_file(tmp_path):
         queries.open_client(uri)
     assert not (tmp_path / "none.db").exists()
     assert runner.finished_run_id(uri, ["model=norm"]) is None
-
-
-def test_sweep_progress_counts_fresh_status_files(tmp_path):
-    started = time.time()
-    for i, state in enumerate(("finished", "skipped", "failed")):
-        job = tmp_path / f"{i}_norm"
-        job.mkdir()
-        (job / STATUS_FILE).write_text(json.dumps({"status": state}))
-    (tmp_path / "3_norm" / ".hydra").mkdir(parents=True)  # started, no status yet
-    (tmp_path / "3_norm" / ".hydra" / "config.yaml").write_text("a: 1\n")
-    old = tmp_path / "4_norm"  # a status left by an earlier call on the same folder
-    old.mkdir()
-    (old / STATUS_FILE).write_text(json.dumps({"status": "finished"}))
-    os.utime(old / STATUS_FILE, (started - 3600, started - 3600))
-    os.utime(old, (started - 3600, started - 3600))
-    p = runner.sweep_progress(tmp_path, started, total=10, now=started + 300)
-    assert (p.done, p.running, p.failed, p.total) == (2, 1, 1, 10)
-    # 3 jobs completed in 5 minutes: the other 7 take 7 x 100 s
-    assert p.eta_s == pytest.approx(700.0)
-    assert p.line() == "jobs 2/10 done, 1 running, 1 failed, elapsed 5m, ETA 12m"
-    assert runner.sweep_progress(tmp_path, started, None, started + 60).eta_s is None
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ def _place_job(cfg: DictConfig, hc: Any) -> None:
             # bars of jobs running side by side interleave into one unreadable line; the sweep
             # prints its own progress line and each job's log keeps its epoch lines
             cfg.trainer.enable_progress_bar = False
+            cfg.data.progress = False
 
 
 _QUIET_PREFIXES = ("data.", "trainer.", "paths.", "logger.", "eval.", "experiment", "model=",

@@ -2,7 +2,7 @@
 
 Two ways: single-run jobs (``run_jobs``: a list of override sets, each in its own run folder,
 several at a time), and one multirun sweep (``run_sweep``: ``-m`` with the sweep folder, a
-progress line while it runs). Both leave skipping to the config hash: a configuration that
+the app prints its progress line). Both leave skipping to the config hash: a configuration that
 already finished in the store is not trained again, so rerunning a command resumes it.
 """
 
@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,7 @@ from pathlib import Path
 from ..tracking import queries
 from .build import config_hash
 from .config import CONFIG_DIR, compose_config
-from .sweep import STATUS_FILE
-
-#: Job outcomes that mean "this configuration has a finished run".
-DONE = ("finished", "skipped")
-#: Job outcomes that mean "this job ended without one".
-FAILED = ("failed", "killed")
+from .progress import DONE, STATUS_FILE
 
 
 @dataclass(frozen=True)
@@ -160,93 +154,18 @@ def run_jobs(jobs: Sequence[AppJob], tracking_uri: str, parallel: int = 1,
 # ------------------------------------------------------------------------------ sweeps
 
 
-@dataclass(frozen=True)
-class SweepProgress:
-    """Counts of a sweep's jobs since it started, and the time it has taken."""
-
-    done: int
-    running: int
-    failed: int
-    total: int | None
-    elapsed_s: float
-
-    @property
-    def eta_s(self) -> float | None:
-        """Remaining time at the pace of the jobs completed so far; None before the first."""
-        completed = self.done + self.failed
-        if not self.total or not completed:
-            return None
-        return self.elapsed_s / completed * max(0, self.total - completed)
-
-    def line(self) -> str:
-        """``'jobs 12/80 done, 2 running, 0 failed, elapsed 5m, ETA 40m'``."""
-        total = str(self.total) if self.total else "?"
-        eta = self.eta_s
-        return (f"jobs {self.done}/{total} done, {self.running} running, {self.failed} failed, "
-                f"elapsed {_minutes(self.elapsed_s)}" + (f", ETA {_minutes(eta)}" if eta is not None
-                                                          else ""))
-
-
-def _minutes(seconds: float) -> str:
-    m = int(round(seconds / 60))
-    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m"
-
-
-def sweep_progress(sweep_dir: Path, started: float, total: int | None = None,
-                   now: float | None = None) -> SweepProgress:
-    """Progress of the sweep in ``sweep_dir`` started at ``started`` (epoch seconds).
-
-    Status files older than ``started`` belong to an earlier call on the same folder and are
-    ignored; a job folder touched since ``started`` without a fresh status is running.
-    """
-    now = time.time() if now is None else now
-    done = failed = running = 0
-    folders = [p for p in Path(sweep_dir).glob("*") if p.is_dir() and not p.name.startswith(".")]
-    for folder in folders:
-        status = folder / STATUS_FILE
-        if status.is_file() and status.stat().st_mtime >= started - 1:
-            try:
-                state = json.loads(status.read_text()).get("status")
-            except (OSError, ValueError):
-                state = None  # being written right now
-            if state in DONE:
-                done += 1
-            elif state in FAILED:
-                failed += 1
-            continue
-        # Hydra writes .hydra/config.yaml when a job starts (also into a reused folder)
-        marks = [folder, folder / ".hydra" / "config.yaml"]
-        if max((m.stat().st_mtime for m in marks if m.exists()), default=0) >= started - 1:
-            running += 1
-    return SweepProgress(done, running, failed, total, now - started)
-
-
-def run_sweep(overrides: Sequence[str], sweep_dir: Path, total: int | None = None,
-              env: Mapping[str, str] | None = None, poll_s: float = 30.0,
+def run_sweep(overrides: Sequence[str], sweep_dir: Path, env: Mapping[str, str] | None = None,
               log: Callable[[str], None] = lambda s: print(s, flush=True)) -> int:
     """Run ``python -m temseg_ablation -m <overrides>`` into ``sweep_dir``; returns its exit code.
 
-    The app's own output goes to this process's stdout; every ``poll_s`` seconds a progress
-    line (:meth:`SweepProgress.line`, ``total`` = expected jobs) is printed when it changed.
+    The app's output, its sweep-level progress line included (:mod:`.progress`), goes to this
+    process's stdout.
     """
-    sweep_dir = Path(sweep_dir)
-    cmd = sweep_command(overrides, sweep_dir)
+    cmd = sweep_command(overrides, Path(sweep_dir))
     log("running: " + " ".join(cmd))
-    started = time.time()
     proc = subprocess.Popen(cmd, env=job_env(env))
-    last, last_at = "", started
     try:
-        while True:
-            try:
-                code = proc.wait(timeout=poll_s)
-                break
-            except subprocess.TimeoutExpired:
-                line = sweep_progress(sweep_dir, started, total).line()
-                # new counts, or a reminder of the elapsed time every five minutes
-                if line.split(", elapsed")[0] != last.split(", elapsed")[0] or \
-                        time.time() - last_at >= 300:
-                    log("progress: " + line)
-                    last, last_at = line, time.time()
+        return proc.wait()
     except KeyboardInterrupt:
         # Ctrl-C reached the app too: let it mark its runs KILLED before this process ends
         try:
@@ -255,8 +174,6 @@ def run_sweep(overrides: Sequence[str], sweep_dir: Path, total: int | None = Non
             proc.terminate()
             proc.wait()
         raise
-    log("progress: " + sweep_progress(sweep_dir, started, total).line())
-    return code
 
 
 def experiment_profiles() -> list[str]:

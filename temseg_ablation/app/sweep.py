@@ -16,19 +16,19 @@ from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..data.writers import atomic_write
 from ..tracking.mlflow_store import Tracker, one_line, prepare_store, process_alive, process_token
 from ..tracking.tags import TAG_KIND, TAG_OVERRIDES, TAG_PROCESS, TAG_REUSED, TAG_SWEEP
 from .build import ConfigError, build_tracker, retry_timeout, tracking_uri
 from .preflight import OutputPathError, preflight
+from .progress import STATUS_FILE, ProgressTicker, count_sweep_jobs, poll_seconds, ticker_enabled
 from .validate import validate_config
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = ".mlflow_parent_run"
-STATUS_FILE = "job_status.json"
 
 
 @dataclass
@@ -37,16 +37,20 @@ class SweepState:
 
     ``active``: (tracking uri, experiment, parent run id, sweep dir) of the open parent run;
     ``summary``: the last finished sweep's job table (read by ``main`` for the exit status);
-    ``single``: the status of a single (non-multirun) job run in this process.
+    ``single``: the status of a single (non-multirun) job run in this process;
+    ``ticker``: the sweep's progress line (:mod:`.progress`).
     """
 
     active: tuple[str, str, str, str] | None = None
     summary: pd.DataFrame | None = None
     single: str | None = None
+    ticker: ProgressTicker | None = None
 
     def end_parent(self, status: str) -> None:
         """Close the active sweep's parent run and any of its job runs still RUNNING (used on
         Ctrl-C and crashes, when worker processes may have died before closing their runs)."""
+        if self.ticker is not None:
+            self.ticker.cancel()
         if self.active is None:
             return
         uri, experiment, run_id, sweep_dir = self.active
@@ -164,6 +168,25 @@ def _check_or_exit(config: DictConfig) -> None:
               "(make server) or point logger.tracking_uri at one that answers")
 
 
+def _in_process(config: DictConfig) -> bool:
+    """Whether the launcher runs the jobs one after another in this process."""
+    return "BasicLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+
+
+def _job_count(config: DictConfig) -> int | None:
+    """How many jobs this multirun launches (None when it cannot be told in advance)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+    if sweeper is None or "BasicSweeper" not in str(sweeper.get("_target_", "")):
+        return None
+    params = sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+    hydra_ = GlobalHydra.instance()
+    loader = hydra_.config_loader() if hydra_.is_initialized() else None
+    return count_sweep_jobs(list(config.hydra.overrides.task), params, loader)
+
+
 class SweepCallback(Callback):
     """Checks config, output folders and the store before anything starts, creates the parent
     run before the jobs and writes the summary after them."""
@@ -191,8 +214,26 @@ class SweepCallback(Callback):
                         str(sweep_dir.resolve()))
         self._start = time.time()
         log.info("sweep %s: MLflow parent run %s", sweep_dir, run_id)
+        # the ticker (a thread) lives in STATE, not on this callback: the parallel launcher
+        # pickles the callbacks to its workers
+        STATE.ticker = None
+        if ticker_enabled():
+            try:
+                STATE.ticker = ProgressTicker(sweep_dir, _job_count(config), poll_seconds())
+            except Exception as err:  # noqa: BLE001 - the sweep runs fine without its line
+                log.warning("no sweep progress line (%s)", one_line(err, 200))
+            if STATE.ticker is not None and not _in_process(config):
+                STATE.ticker.start()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:  # noqa: D102
+        # jobs that run in this process (basic launcher) keep their own bar: one line between jobs
+        if STATE.ticker is not None and _in_process(config):
+            STATE.ticker.tick(force=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        if STATE.ticker is not None and not _in_process(config):
+            STATE.ticker.stop()
+        STATE.ticker = None
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = collect_statuses(sweep_dir)
         STATE.summary = summary

@@ -57,8 +57,7 @@ def sweep_overrides(profile: str, seeds: int, arms: Sequence[str] | None,
 def run_sweep(profile: str, seeds: int, sweep_dir: Path, extra: list[str],
               arms: list[str] | None = None) -> int:
     """Run the sweep of the Table 1 arms x seeds through the app; returns its exit code."""
-    total = len(arms or table1.arms()) * seeds
-    return launch_sweep(sweep_overrides(profile, seeds, arms, extra), sweep_dir, total=total)
+    return launch_sweep(sweep_overrides(profile, seeds, arms, extra), sweep_dir)
 
 
 def _flag(value: float | None) -> bool:
