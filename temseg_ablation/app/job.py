@@ -30,6 +30,7 @@ from ..tracking.mlflow_store import (
     process_token,
 )
 from ..tracking.outbox import OUTBOX_DIR, Outbox
+from ..tracking.system_metrics import SystemMetrics
 from ..tracking.tags import (
     TAG_ARCH,
     TAG_CHECKPOINT,
@@ -46,6 +47,7 @@ from ..tracking.tags import (
     TAG_VARIANT,
 )
 from ..tracking.uri import absolute
+from ..training.callbacks import LogDatasetInputs
 from ..training.fit import fit_and_evaluate
 from . import ddp
 from .build import (
@@ -307,11 +309,21 @@ def _fit_and_log(cfg: DictConfig, *, run_id: str, ckpt_dir: Path, resume: str | 
     dm = build_datamodule(cfg, input_multiple=int(getattr(net, "input_multiple", 1)))
     logger = build_logger(cfg, get_outbox, run_id)
     best_ckpt, callbacks = build_callbacks(cfg, ckpt_dir)
+    # the frames each split saw, as MLflow dataset inputs (digest: frame store hash + indices)
+    callbacks.append(LogDatasetInputs(lambda records: get_outbox().log_inputs(run_id, records)))
     trainer = build_trainer(cfg, logger=logger, callbacks=callbacks, job_dir=job_dir)
     last = ckpt_dir / "last.ckpt"
-    results, best = fit_and_evaluate(
-        trainer, module, dm, resume=resume, best_checkpoint=lambda: best_ckpt.best_model_path,
-        last_checkpoint=lambda: str(last) if last.exists() else None)
+    monitor = None
+    if cfg.logger.get("system_metrics") and trainer.is_global_zero:
+        monitor = SystemMetrics(run_id, tracking_uri(cfg),
+                                float(cfg.logger.get("system_metrics_interval_s", 10))).start()
+    try:
+        results, best = fit_and_evaluate(
+            trainer, module, dm, resume=resume, best_checkpoint=lambda: best_ckpt.best_model_path,
+            last_checkpoint=lambda: str(last) if last.exists() else None)
+    finally:
+        if monitor is not None:
+            monitor.stop()
     metrics: dict[str, float] = {}
     if trainer.is_global_zero:
         logger.flush()

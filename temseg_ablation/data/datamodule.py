@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .sources import folder_store, preprocess_store, synthetic_store
 from .splits import Splits, split_frames, split_indices
-from .store import FrameStore
+from .store import FrameStore, stable_hash
 from .transforms import augment_pair, random_crop_box
 
 __all__ = ["FrameDataset", "ShardSampler", "Splits", "TEMDataModule", "split_frames",
@@ -257,6 +257,38 @@ class TEMDataModule(pl.LightningDataModule):
         if held is not None:
             self.heldout_set = FrameDataset(held, range(held.n_frames), crop_size=k["val_crop_size"],
                                             train=False, **view)
+
+    def dataset_records(self) -> list[dict[str, Any]]:
+        """One record per split in use (after :meth:`setup`), for an experiment tracker.
+
+        ``digest`` is a hash of the frame store's own hash (its folder name: every parameter
+        that made the frames) and the split's frame indices, so two runs with the same digest
+        saw the same frames; ``context`` is ``training`` / ``validation`` / ``test`` /
+        ``heldout``.
+        """
+        if self.train_set is None:
+            raise RuntimeError("dataset_records() needs setup() first")
+        sets = [("training", self.train_set), ("validation", self.val_set),
+                ("test", self.test_set), ("heldout", self.heldout_set)]
+        records = []
+        for context, ds in sets:
+            if ds is None:
+                continue
+            frames = [int(i) for i in ds.indices]
+            meta = ds.store.meta.iloc[frames]
+            store = ds.store.root.name
+            records.append({
+                "name": f"{store}:{context}", "context": context, "source_type": "local",
+                "digest": stable_hash({"store": store, "frames": frames}, length=16),
+                "source": str(ds.store.root),
+                "schema": {"image": "float32 (H, W), normalised", "labels": "int instance ids (H, W)",
+                           "pixel_size_nm": "float"},
+                "profile": {"frames": len(frames),
+                            "experiments": sorted({int(e) for e in meta["experiment"]}),
+                            "store_hash": store.rsplit("-", 1)[-1],
+                            "pixel_size_nm_median": float(meta["pixel_size_nm"].median())},
+            })
+        return records
 
     def _loader(self, dataset: FrameDataset, train: bool) -> DataLoader:
         sampler = None

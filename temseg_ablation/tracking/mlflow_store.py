@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import json
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -248,6 +249,19 @@ class Tracker:
         """Set several tags in one request."""
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         self._retry(lambda: self.client.log_batch(run_id, tags=items), "set tags")
+
+    def log_inputs(self, run_id: str, datasets: Sequence[dict[str, Any]]) -> None:
+        """Log data sets as the run's inputs (MLflow's Datasets panel): dicts with ``name``,
+        ``digest``, ``source_type``, ``source``, optional ``schema`` / ``profile`` (JSON-able)
+        and ``context`` (the ``mlflow.data.context`` input tag)."""
+        inputs = [DatasetInput(
+            Dataset(str(d["name"]), str(d["digest"]), str(d["source_type"]), str(d["source"]),
+                    schema=json.dumps(d["schema"]) if d.get("schema") is not None else None,
+                    profile=json.dumps(d["profile"]) if d.get("profile") is not None else None),
+            tags=[InputTag("mlflow.data.context", str(d["context"]))] if d.get("context") else [])
+            for d in datasets]
+        if inputs:
+            self._retry(lambda: self.client.log_inputs(run_id, datasets=inputs), "log inputs")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Log finite scalar metrics at ``step``, 1000 per request."""

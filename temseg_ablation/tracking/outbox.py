@@ -41,7 +41,7 @@ ACKED = "acked"
 META = "meta.json"
 FILES = "files"
 LOCK = ".lock"
-OPS = ("metrics", "params", "tags", "artifact", "status")
+OPS = ("metrics", "params", "tags", "artifact", "status", "inputs")
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 #: Retry budget for a write sent straight away (rides out "database is locked" and blips).
 QUICK_RETRY_S = 5.0
@@ -79,6 +79,13 @@ def _check_record(rec: Any, where: str) -> dict[str, Any]:
     elif op == "status":
         if rec.get("status") not in STATUSES:
             raise OutboxError(f"{where}: status must be one of {STATUSES}")
+    elif op == "inputs":
+        sets = rec.get("datasets")
+        keys = ("name", "digest", "source_type", "source")
+        if not isinstance(sets, list) or not all(
+                isinstance(d, dict) and all(isinstance(d.get(k), str) for k in keys) for d in sets):
+            raise OutboxError(f"{where}: inputs record needs datasets [{{name, digest, source_type, "
+                              "source, ...}}, ...]")
     else:  # artifact: a relative path inside the outbox, uploaded under a relative artifact path
         name, sub = rec.get("file"), rec.get("artifact_path")
         for label, value in (("file", name), ("artifact_path", sub)):
@@ -227,6 +234,10 @@ class Outbox:
             raise FileNotFoundError(f"{path}: artifact file does not exist")
         self._submit(run_id, {"op": "artifact", "source": str(path), "artifact_path": artifact_path})
 
+    def log_inputs(self, run_id: str, datasets: Sequence[dict[str, Any]]) -> None:
+        """Queue the run's input data sets (see :meth:`.Tracker.log_inputs`)."""
+        self._submit(run_id, {"op": "inputs", "datasets": [dict(d) for d in datasets]})
+
     def set_status(self, run_id: str, status: str) -> None:
         """Queue a run status change (``RUNNING`` / ``FINISHED`` / ``FAILED`` / ``KILLED``)."""
         self._submit(run_id, {"op": "status", "status": status})
@@ -297,6 +308,8 @@ class Outbox:
             tracker.set_tags(run_id, rec["tags"])
         elif op == "status":
             tracker.set_status(run_id, rec["status"])
+        elif op == "inputs":
+            tracker.log_inputs(run_id, rec["datasets"])
         elif "source" in rec:
             tracker.log_artifact(run_id, rec["source"], rec.get("artifact_path"))
         else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytorch_lightning as pl
 
@@ -46,3 +49,17 @@ class PlateauStopping(pl.Callback):
         if decision.stop:
             self.reason = decision.reason
             trainer.should_stop = True
+
+
+class LogDatasetInputs(pl.Callback):
+    """Hands the data module's ``dataset_records()`` to ``log`` once the data are set up
+    (rank zero only), so a run names the exact frames it trained, validated and tested on."""
+
+    def __init__(self, log: Callable[[list[dict[str, Any]]], None]) -> None:
+        self.write = log
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the records of the attached data module (a data module without them: nothing)."""
+        records = getattr(trainer.datamodule, "dataset_records", None)
+        if trainer.is_global_zero and callable(records):
+            self.write(records())
