@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .outdir import atomic_write
 
@@ -43,15 +45,37 @@ def plot_size_distribution(diameters: np.ndarray, path: str | Path, unit: str = 
     return _save(fig, Path(path))
 
 
+def _plot_coalescence(ax: Axes, groups: list[tuple[object, pd.DataFrame]]) -> None:
+    """Cumulative coalescence (merge) events against time, or why there are none to show."""
+    detected = False
+    for name, g in groups:
+        n = g["coalescence_events"].to_numpy(np.float64) if "coalescence_events" in g else None
+        if n is None or not np.isfinite(n).any():
+            continue  # NaN: this tracker does not detect merges
+        detected = True
+        label = Path(str(name)).name if name != "" else None
+        ax.step(g["time_s"], np.cumsum(np.nan_to_num(n)), where="post", label=label)
+    if not detected:
+        ax.text(0.5, 0.5, "merges are detected\nwith --tracker laptrack", ha="center",
+                va="center", transform=ax.transAxes, fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of events
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("coalescence events (cumulative)")
+
+
 def plot_coarsening(curves: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Number density (um^-2) and mean diameter (nm) against time, one line per ``sequence``."""
-    fig = Figure(figsize=(9, 3.6))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    groups = curves.groupby("sequence", sort=False) if "sequence" in curves else [("", curves)]
+    """Number density (um^-2), mean diameter (nm) and cumulative coalescence events against
+    time, one line per ``sequence``."""
+    fig = Figure(figsize=(13, 3.6))
+    ax1, ax2, ax3 = (fig.add_subplot(1, 3, k) for k in (1, 2, 3))
+    fig.subplots_adjust(wspace=0.35)  # room for each panel's y label
+    groups = (list(curves.groupby("sequence", sort=False)) if "sequence" in curves
+              else [("", curves)])
     for name, g in groups:
         label = Path(str(name)).name if name != "" else None
         ax1.plot(g["time_s"], g["number_density_per_um2"], marker=".", label=label)
         ax2.plot(g["time_s"], g["mean_diameter_nm"], marker=".", label=label)
+    _plot_coalescence(ax3, groups)
     ax1.set_xlabel("time (s)")
     ax1.set_ylabel("number density (particles / µm$^2$)")
     ax2.set_xlabel("time (s)")

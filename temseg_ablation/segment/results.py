@@ -14,8 +14,8 @@ import pandas as pd
 
 from .measure import FRAME_COLUMNS, PARTICLE_COLUMNS
 
-__all__ = ["FRAME_CSV_COLUMNS", "PARTICLE_CSV_COLUMNS", "calibration_groups", "max_disp_px",
-           "track_frames"]
+__all__ = ["EVENTS_CSV_COLUMNS", "FRAME_CSV_COLUMNS", "PARTICLE_CSV_COLUMNS", "calibration_groups",
+           "max_disp_px", "track_frames"]
 
 FRAME_CSV_COLUMNS = [
     "frame", "source", "frame_in_source", "height", "width", "pixel_size_nm", "scale_source",
@@ -23,6 +23,11 @@ FRAME_CSV_COLUMNS = [
     "classical_sigma_px", "classical_opening_px", "threshold", *FRAME_COLUMNS, "mask", "labels",
 ]
 PARTICLE_CSV_COLUMNS = ["frame", "source", "frame_in_source", *PARTICLE_COLUMNS]
+#: events.csv: merges / splits found by ``--tracker laptrack`` (see track_laptrack.EVENT_COLUMNS);
+#: ``frame`` and ``parent_frame`` are frames.csv frames, ``time_s`` that of ``frame``.
+EVENTS_CSV_COLUMNS = ["sequence", "event", "frame", "frame_in_sequence", "time_s", "parent_frame",
+                      "parent_track_ids", "child_track_ids", "parent_particle_ids",
+                      "child_particle_ids"]
 
 
 def max_disp_px(max_disp_px_: float | None, max_disp_nm: float | None, px: float | None) -> float:
@@ -38,10 +43,16 @@ def max_disp_px(max_disp_px_: float | None, max_disp_nm: float | None, px: float
 
 def track_frames(frames: pd.DataFrame, particles: pd.DataFrame, *, sequence: str,
                  max_disp_px_: float | None, max_disp_nm: float | None,
-                 drift_search_px: float | None, frame_interval_s: float
-                 ) -> tuple[pd.DataFrame, pd.Series]:
-    """Link particles per sequence: the coarsening curves and a ``track_id`` per particle row."""
-    from .track import coarsening_curves, link_particles
+                 drift_search_px: float | None, frame_interval_s: float,
+                 tracker: str = "nearest", gap_frames: int = 2
+                 ) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """Link particles per sequence: coarsening curves, a ``track_id`` per particle row, events.
+
+    ``tracker`` 'nearest' is :func:`.track.link_particles` (no merge detection: the events table
+    is empty and ``coalescence_events`` NaN); 'laptrack' is
+    :func:`.track_laptrack.link_particles_laptrack` with ``gap_frames``.
+    """
+    from .track import coarsening_curves
 
     frames = frames.sort_values("frame")
     mode = sequence
@@ -51,7 +62,7 @@ def track_frames(frames: pd.DataFrame, particles: pd.DataFrame, *, sequence: str
     by_frame = {int(f): g for f, g in particles.groupby("frame", sort=False)}
     empty = particles.iloc[:0]
     track_id = pd.Series(np.nan, index=particles.index)
-    curves, next_id = [], 1
+    curves, events, next_id = [], [pd.DataFrame(columns=EVENTS_CSV_COLUMNS)], 1
     for key, sub in frames.groupby(keys, sort=False):
         px = float(sub["pixel_size_nm"].median())
         disp = max_disp_px(max_disp_px_, max_disp_nm, px if np.isfinite(px) else None)
@@ -60,14 +71,21 @@ def track_frames(frames: pd.DataFrame, particles: pd.DataFrame, *, sequence: str
         seq_index = (sub["frame_in_source"].to_numpy() if mode == "file" else np.arange(len(sub)))
         tables = [by_frame.get(int(f), empty).assign(frame_in_sequence=int(j))
                   for j, f in zip(seq_index, sub["frame"], strict=True)]
-        linked = link_particles(tables, disp, drift_search_px=search or None,
-                                first_track_id=next_id)
+        linked, ev = _link(tables, disp, tracker, gap_frames, search or None, next_id)
         rows = np.concatenate([t.index.to_numpy() for t in tables]) if tables else np.zeros(0, int)
         track_id.loc[rows] = linked["track_id"].to_numpy()
         if len(linked):
             next_id = int(linked["track_id"].max()) + 1
         seq_table = linked.drop(columns=["frame"]).rename(columns={"frame_in_sequence": "frame"})
-        c = coarsening_curves(seq_table, 1.0, frame_interval_s, frames=seq_index)
+        if ev is not None:
+            # events name frames.csv frames; the curves count in frames of the sequence
+            in_seq = dict(zip(sub["frame"].astype(int), seq_index.astype(int), strict=True))
+            ev = ev.assign(sequence=key if mode == "file" else "all",
+                           frame_in_sequence=ev["frame"].map(in_seq).astype(int))
+            ev["time_s"] = ev["frame_in_sequence"] * float(frame_interval_s)
+            events.append(ev.reindex(columns=EVENTS_CSV_COLUMNS))
+        c = coarsening_curves(seq_table, 1.0, frame_interval_s, frames=seq_index,
+                              events=None if ev is None else ev.assign(frame=ev["frame_in_sequence"]))
         # frames of one sequence may differ in size or calibration: each gets its own area
         area_um2 = (sub["height"] * sub["width"] * sub["pixel_size_nm"] ** 2 / 1e6).to_numpy()
         c["number_density_per_um2"] = c["count"].to_numpy() / area_um2
@@ -75,7 +93,21 @@ def track_frames(frames: pd.DataFrame, particles: pd.DataFrame, *, sequence: str
         c.insert(0, "frame", sub["frame"].to_numpy())
         c.insert(0, "sequence", key if mode == "file" else "all")
         curves.append(c)
-    return pd.concat(curves, ignore_index=True), track_id
+    events = pd.concat([e for e in events if len(e)] or events[:1], ignore_index=True)
+    return pd.concat(curves, ignore_index=True), track_id, events
+
+
+def _link(tables: list[pd.DataFrame], disp: float, tracker: str, gap_frames: int,
+          search: float | None, first_id: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One sequence's linked table and its events (None: the tracker detects no events)."""
+    if tracker == "laptrack":
+        from .track_laptrack import link_particles_laptrack
+
+        return link_particles_laptrack(tables, disp, gap_frames=gap_frames, drift_search_px=search,
+                                       first_track_id=first_id)
+    from .track import link_particles
+
+    return link_particles(tables, disp, drift_search_px=search, first_track_id=first_id), None
 
 
 def _stats(values: pd.Series) -> dict[str, float | None]:

@@ -36,6 +36,7 @@ COARSENING_COLUMNS = [
     "number_density_per_um2",
     "mean_diameter_nm",
     "median_diameter_nm",
+    "coalescence_events",
 ]
 
 
@@ -162,6 +163,14 @@ def link_particles(
     return pd.concat(out, ignore_index=True)
 
 
+def _merges_per_frame(events: pd.DataFrame | None) -> dict[int, int] | None:
+    """Merge events per frame of an events table; None when there is no table (not detected)."""
+    if events is None:
+        return None
+    merges = events.loc[events["event"] == "merge", "frame"].astype(int)
+    return {int(f): int(n) for f, n in merges.value_counts().items()}
+
+
 def coarsening_curves(
     particle_table: pd.DataFrame,
     frame_area_um2: float,
@@ -170,6 +179,7 @@ def coarsening_curves(
     frames: Sequence[int] | None = None,
     exclude_border: bool = True,
     diameter_col: str = "equivalent_diameter_nm",
+    events: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-frame coarsening curves (``COARSENING_COLUMNS``) of a sequence's particle table.
 
@@ -177,7 +187,9 @@ def coarsening_curves(
     mean and median diameters (nm) use the particles not touching the border when
     ``exclude_border`` (border particles are truncated). ``time_s = frame * frame_interval_s``;
     ``frames`` lists the frames to report (frames without particles get count 0), by default the
-    frames present in the table.
+    frames present in the table. ``coalescence_events`` counts the ``events`` rows (``event``,
+    ``frame`` in the table's frame numbers; see :mod:`.track_laptrack`) that are merges whose
+    merged particle appears in the frame; without ``events`` it is NaN (merges not detected).
     """
     if not frame_area_um2 or not np.isfinite(frame_area_um2) or frame_area_um2 <= 0:
         frame_area_um2 = float("nan")
@@ -185,6 +197,7 @@ def coarsening_curves(
     if frames is None:
         frames = sorted(int(f) for f in pd.unique(tab["frame"])) if len(tab) else []
     groups = {int(f): g for f, g in tab.groupby("frame", sort=True)} if len(tab) else {}
+    merges = _merges_per_frame(events)
     rows = []
     for f in frames:
         g = groups.get(int(f), tab.iloc[:0])
@@ -201,5 +214,6 @@ def coarsening_curves(
             "number_density_per_um2": len(g) / frame_area_um2,
             "mean_diameter_nm": float(sizes.mean()) if sizes.size else float("nan"),
             "median_diameter_nm": float(np.median(sizes)) if sizes.size else float("nan"),
+            "coalescence_events": merges.get(int(f), 0) if merges is not None else float("nan"),
         })
     return pd.DataFrame(rows, columns=COARSENING_COLUMNS)
