@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "particle radius")
     g = p.add_argument_group("tracking")
     g.add_argument("--track", action="store_true",
-                   help="link particles through each sequence; write coarsening.csv/.png")
+                   help="link particles through each sequence; write coarsening.csv/.png and "
+                        "events.csv")
     g.add_argument("--sequence", choices=("auto", "file", "all"), default="auto",
                    help="what forms a sequence: each file's frames (file), all frames in input "
                         "order (all); auto = file when some file holds several frames, else all")
@@ -146,10 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 4 x the max displacement)")
     g.add_argument("--frame-interval-s", type=_positive(float), default=1 / 400,
                    help="time between frames (s, default 1/400)")
+    g.add_argument("--tracker", choices=("nearest", "laptrack"), default="nearest",
+                   help="nearest: frame-to-frame assignment (default); laptrack: also closes gaps "
+                        "and finds merges (coalescence) and splits within the max displacement, "
+                        "written to events.csv (needs laptrack: the [tracking] extra)")
+    g.add_argument("--gap-frames", type=_non_negative_int, default=2,
+                   help="with --tracker laptrack: most consecutive frames a particle may be "
+                        "missing and keep its track (default 2; 0 = no gap closing)")
     g = p.add_argument_group("output")
     g.add_argument("--mask-format", choices=("png", "tif"), default="png")
     g.add_argument("--save-prob", action="store_true",
                    help="also write probability maps (float32 TIFF) under prob/")
+    g.add_argument("--rois", action="store_true",
+                   help="also write ImageJ ROI sets under rois/ (one outline per particle, "
+                        "named by its particle_id; needs roifile: the [imagej] extra)")
+    g.add_argument("--hspy", action="store_true",
+                   help="also write the instance labels as HyperSpy signals (.hspy, axes in nm "
+                        "when calibrated) under hspy/")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the results in --out made with other options (default: continue "

@@ -10,6 +10,7 @@ import numpy as np
 
 from .outdir import OutputStore
 from .results import (
+    EVENTS_CSV_COLUMNS,
     FRAME_CSV_COLUMNS,
     PARTICLE_CSV_COLUMNS,
     calibration_groups,
@@ -18,6 +19,13 @@ from .results import (
 )
 
 __all__ = ["finish_run"]
+
+
+def _event_counts(events: Any) -> dict[str, int] | None:
+    """Merges and splits in events.csv; None when not tracked or the tracker detects none."""
+    if events is None:
+        return None
+    return {kind: int((events["event"] == kind).sum()) for kind in ("merge", "split")}
 
 
 def finish_run(o: Any, store: OutputStore, model_info: dict[str, Any], *, failures: list[str],
@@ -30,19 +38,22 @@ def finish_run(o: Any, store: OutputStore, model_info: dict[str, Any], *, failur
     particles = store.read_table("particles.csv", PARTICLE_CSV_COLUMNS)
     particles["touches_border"] = particles["touches_border"].astype(bool)
     written = ["frames.csv", "particles.csv", "size_distribution.png"]
+    events = None
     if o.track and len(frames):
-        curves, track_id = track_frames(
+        curves, track_id, events = track_frames(
             frames, particles, sequence=o.sequence, max_disp_px_=o.max_disp_px,
             max_disp_nm=o.max_disp_nm, drift_search_px=o.drift_search_px,
-            frame_interval_s=o.frame_interval_s)
+            frame_interval_s=o.frame_interval_s, tracker=o.tracker, gap_frames=o.gap_frames)
         particles["track_id"] = track_id.astype("Int64")
         store.write_csv("particles.csv", particles)
         store.write_csv("coarsening.csv", curves)
+        # header only with --tracker nearest: that linker detects no merges or splits
+        store.write_csv("events.csv", events.reindex(columns=EVENTS_CSV_COLUMNS))
         plot_coarsening(curves, store.out / "coarsening.png")
-        written += ["coarsening.csv", "coarsening.png"]
+        written += ["coarsening.csv", "coarsening.png", "events.csv"]
     else:
-        store.write_text("coarsening.csv", None)
-        store.write_text("coarsening.png", None)
+        for name in ("coarsening.csv", "coarsening.png", "events.csv"):
+            store.write_text(name, None)
     removed = store.remove_orphans()
 
     interior = particles.loc[~particles["touches_border"]]
@@ -75,6 +86,7 @@ def finish_run(o: Any, store: OutputStore, model_info: dict[str, Any], *, failur
         "orphans_removed": removed,
         "particles": int(len(particles)),
         "particles_not_touching_border": int(len(interior)),
+        "events": _event_counts(events if o.tracker == "laptrack" else None),
         "median_diameter": float(np.median(finite)) if finite.size else None,
         "diameter_unit": unit,
         **calibration_groups(frames, interior),
@@ -87,7 +99,9 @@ def finish_run(o: Any, store: OutputStore, model_info: dict[str, Any], *, failur
         "seconds_segmentation": round(seconds_segment, 3),
         "seconds_total": round(seconds_total, 3),
         "frames_per_s": round(n_new / seconds_segment, 4) if seconds_segment > 0 else None,
-        "outputs": [*written, "masks/", "labels/", "manifest.json"] + (["prob/"] if o.save_prob else []),
+        "outputs": [*written, "masks/", "labels/", "manifest.json"] + (["prob/"] if o.save_prob else [])
+                   + (["rois/"] if o.rois else [])
+                   + (["hspy/"] if o.hspy else []),
     }
     store.write_text("summary.json", json.dumps(summary, indent=1, default=str))
     return summary

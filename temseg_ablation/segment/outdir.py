@@ -1,8 +1,9 @@
 """The segment command's output folder: up-front checks, atomic writes and a resumable manifest.
 
 Every per-frame result is written as soon as the frame is done: its mask, instance-label TIFF
-(and probability map) by write-then-rename, its rows appended to ``frames.csv`` /
-``particles.csv`` in one write, and then ``manifest.json`` (atomically) records the frame as done.
+(and probability map, ImageJ ROI set, HyperSpy signal) by write-then-rename, its rows appended
+to ``frames.csv`` / ``particles.csv`` in one write, and then ``manifest.json`` (atomically)
+records the frame as done.
 A crash therefore keeps every finished frame; rows of a frame the manifest does not list (a crash
 between the append and the manifest update) are dropped when the folder is opened again. A folder
 written by an older manifest version (other table columns) is refused unless ``overwrite``.
@@ -25,7 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.writers import atomic_write, write_image, write_labels  # re-exported for segment
+from ..data.writers import (  # re-exported for segment
+    atomic_write,
+    write_hspy,
+    write_image,
+    write_labels,
+    write_rois,
+)
 
 __all__ = [
     "MANIFEST",
@@ -34,16 +41,22 @@ __all__ = [
     "OutputStore",
     "atomic_write",
     "check_out_dir",
+    "write_hspy",
     "write_image",
     "write_labels",
+    "write_rois",
 ]
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # 2: the ParticleSpy-parity particle columns and labels/
 #: Files (and folders) this command writes; ``--overwrite`` removes exactly these.
 OUTPUT_FILES = ("frames.csv", "particles.csv", "summary.json", "failed.txt", "coarsening.csv",
-                "coarsening.png", "size_distribution.png", MANIFEST)
-OUTPUT_DIRS = ("masks", "labels", "prob")
+                "coarsening.png", "events.csv", "size_distribution.png", MANIFEST)
+OUTPUT_DIRS = ("masks", "labels", "prob", "rois", "hspy")
+#: The suffix of a frame's file in each per-frame folder but masks/ (its stem is the mask's).
+FRAME_FILES = {"labels": ".tif", "prob": ".tif", "rois": ".zip", "hspy": ".hspy"}
+#: Per-frame folders written only with an option (``SegmentOptions`` field -> folder).
+OPTIONAL_DIRS = {"save_prob": "prob", "rois": "rois", "hspy": "hspy"}
 
 
 class OutputError(ValueError):
@@ -145,8 +158,9 @@ class OutputStore:
             self._reconcile()
         (self.out / "masks").mkdir(exist_ok=True)
         (self.out / "labels").mkdir(exist_ok=True)
-        if self.options.get("save_prob"):
-            (self.out / "prob").mkdir(exist_ok=True)
+        for option, folder in OPTIONAL_DIRS.items():
+            if self.options.get(option):
+                (self.out / folder).mkdir(exist_ok=True)
         self._write_manifest()
 
     def _reconcile(self) -> None:
@@ -226,11 +240,12 @@ class OutputStore:
     # --------------------------------------------------------------------------------- finish
 
     def remove_orphans(self) -> list[str]:
-        """Delete masks / labels / probability maps of frames not done (a crash's leftovers)."""
+        """Delete the per-frame files (masks, labels, ...) of frames not done (a crash's leftovers)."""
         keep = {Path(r["mask"]).name for r in self.frames_done.values()}
-        keep_tif = {Path(n).with_suffix(".tif").name for n in keep}
+        stems = {Path(n).stem for n in keep}
         removed = []
-        for name, names in (("masks", keep), ("labels", keep_tif), ("prob", keep_tif)):
+        for name in OUTPUT_DIRS:
+            names = keep if name == "masks" else {s + FRAME_FILES[name] for s in stems}
             folder = self.out / name
             if not folder.is_dir():
                 continue

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from .infer import DEFAULT_OVERLAP, DEFAULT_TILE
-from .outdir import OutputError, OutputStore, check_out_dir, write_image, write_labels
+from .outdir import (
+    OutputError,
+    OutputStore,
+    check_out_dir,
+    write_hspy,
+    write_image,
+    write_labels,
+    write_rois,
+)
 from .results import FRAME_CSV_COLUMNS, PARTICLE_CSV_COLUMNS
 from .scaling import FrameScale, check_pixel_size, frame_scale, model_particle_diameter
 
@@ -31,7 +39,8 @@ __all__ = ["SegmentError", "SegmentOptions", "default_tracking_uri", "run_segmen
 CRASH_AFTER_ENV = "TEMSEG_SEGMENT_TEST_CRASH_AFTER"
 # options that change no per-frame result: a rerun with other values continues the folder
 _NOT_HASHED = ("out", "tracking_uri", "batch_size", "device", "progress", "overwrite", "track",
-               "sequence", "max_disp_px", "max_disp_nm", "drift_search_px", "frame_interval_s")
+               "sequence", "max_disp_px", "max_disp_nm", "drift_search_px", "frame_interval_s",
+               "tracker", "gap_frames")
 
 
 class SegmentError(ValueError):
@@ -81,8 +90,12 @@ class SegmentOptions:
     max_disp_nm: float | None = None
     drift_search_px: float | None = None
     frame_interval_s: float = 1 / 400
+    tracker: str = "nearest"
+    gap_frames: int = 2
     mask_format: str = "png"
     save_prob: bool = False
+    rois: bool = False
+    hspy: bool = False
     progress: bool = True
     overwrite: bool = False
 
@@ -105,6 +118,15 @@ class SegmentOptions:
              f"threshold must be 'otsu' or in [0, 1], got {self.threshold!r}")
         need(not (self.max_disp_px and self.max_disp_nm), "give --max-disp-px or --max-disp-nm, not both")
         need(self.sequence in ("auto", "file", "all"), f"sequence must be auto, file or all, got {self.sequence!r}")
+        need(self.tracker in ("nearest", "laptrack"), f"tracker must be nearest or laptrack, got {self.tracker!r}")
+        need(self.gap_frames >= 0, f"--gap-frames must be >= 0, got {self.gap_frames}")
+        if self.track and self.tracker == "laptrack":
+            from .track_laptrack import require_laptrack
+
+            try:
+                require_laptrack()  # before the folder is touched or a frame is segmented
+            except ImportError as err:
+                raise SegmentError(str(err)) from None
         need(self.mask_format in ("png", "tif"), f"mask format must be png or tif, got {self.mask_format!r}")
         need(self.tile > 0 and self.overlap >= 0 and self.batch_size > 0 and self.min_size_px >= 0,
              "tile and batch size must be > 0, overlap and min size >= 0")
@@ -115,6 +137,9 @@ class SegmentOptions:
     def hash(self) -> str:
         """Hash of the options that change per-frame results (the model file by path, size, mtime)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+        for name in ("rois", "hspy"):  # added later: left out when off, so older folders continue
+            if not d.get(name):
+                d.pop(name, None)
         model = Path(self.model).expanduser()
         if model.is_file():
             st = model.stat()
@@ -262,6 +287,13 @@ def run_segmentation(inputs: Sequence[str | os.PathLike[str]], options: SegmentO
     t_start = time.perf_counter()
     o = options
     o.validate()
+    if o.rois:
+        from ..data.writers import MissingExtraError, require_roifile
+
+        try:
+            require_roifile()  # before the folder is touched or a frame is segmented
+        except MissingExtraError as err:
+            raise SegmentError(str(err)) from None
     try:
         o.out = check_out_dir(Path(o.out))
         store = OutputStore.open(o.out, o.hash(), o.settings(), overwrite=o.overwrite,
@@ -322,6 +354,11 @@ def run_segmentation(inputs: Sequence[str | os.PathLike[str]], options: SegmentO
             write_labels(labels, o.out / "labels" / f"{name}.tif", sc.pixel_size_nm)
             if o.save_prob and seg.prob is not None:
                 write_image(seg.prob.astype(np.float32), o.out / "prob" / f"{name}.tif")
+            if o.rois:
+                write_rois(labels, o.out / "rois" / f"{name}.zip", sc.pixel_size_nm)
+            if o.hspy:
+                write_hspy(labels, o.out / "hspy" / f"{name}.hspy", sc.pixel_size_nm, title=name,
+                           source=str(stack.path))
             for col, value in (("frame_in_source", k), ("source", str(stack.path)), ("frame", index)):
                 table.insert(0, col, value)
             h, w = mask.shape
