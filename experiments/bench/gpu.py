@@ -236,6 +236,13 @@ def targets(result: dict[str, Any], full: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def save_partial(out: Path, result: dict[str, Any]) -> None:
+    """Keep what is measured so far in ``gpu.partial.json``: a lent GPU's minutes are few, and a
+    run cut off at its limit should still say what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.partial.json").write_text(json.dumps(result, indent=1, default=str))
+
+
 def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Every measurement; returns the result record."""
     if device.type == "cuda":
@@ -283,10 +290,12 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "inference": inference, "training": training,
             "inference_best": best_mode(inference, lambda r: r["best"]["fps"]["median"]),
             "training_best": best_mode(training, lambda r: r["images_per_s"]["median"])}
+        save_partial(args.out, result)
     workers = min(int(paper.data.num_workers), os.cpu_count() or 1) if args.workers is None else args.workers
     multiple = int(getattr(build_net(paper)[0], "input_multiple", 1))
     result["data"] = data_rate(paper, args.size, args.data_frames, workers, args.data_batches,
                                multiple)
+    save_partial(args.out, result)
     print(f"data: {result['data']['loader_images_per_s']:.4g} images/s with {workers} workers "
           f"({result['data']['single_process_crops_per_s']:.4g} crops/s in one process)", flush=True)
     speedup = {}
@@ -352,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "gpu.md").write_text(markdown(result))
+    (args.out / "gpu.partial.json").unlink(missing_ok=True)
     for t in result["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}"
         print(f"target {t['target']}: {value} -> {t['verdict']}")
