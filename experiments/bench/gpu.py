@@ -82,45 +82,78 @@ def train_batch(image: torch.Tensor, mask: torch.Tensor, batch: int) -> tuple[to
     return torch.cat(xs).contiguous(), torch.stack(ys).contiguous()
 
 
+def _loader_rate(d: dict[str, Any], multiple: int) -> dict[str, Any]:
+    """Single-process crops/s and loader images/s of one data config (``d``: TEMDataModule kwargs)."""
+    from temseg_ablation.data.datamodule import TEMDataModule
+
+    batch = int(d["batch_size"])
+    dm = TEMDataModule(input_multiple=multiple, **d)
+    t0 = time.perf_counter()
+    dm.prepare_data()
+    dm.setup("fit")
+    prepare_s = time.perf_counter() - t0
+    ds = dm.train_set
+    n_single = min(len(ds), 2 * batch)
+    t0 = time.perf_counter()
+    for i in range(n_single):
+        ds[i]
+    single = n_single / (time.perf_counter() - t0)
+    times, t_prev, first = [], time.perf_counter(), None
+    for b in dm.train_dataloader():
+        now = time.perf_counter()
+        times.append(now - t_prev)
+        t_prev = now
+        first = b if first is None else first
+    steady = times[1:] or times  # the first batch includes starting the workers
+    return {"prepare_s": prepare_s, "single_process_crops_per_s": single,
+            "loader_images_per_s": batch * len(steady) / sum(steady),
+            "loader_first_batch_s": times[0], "loader_batches": len(times), "first": first}
+
+
 def data_rate(cfg: Any, size: int, frames: int, workers: int, batches: int,
-              multiple: int) -> dict[str, Any]:
+              multiple: int, device: torch.device | None = None,
+              timing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Crops + augmentation per second of the project's data module with the paper's settings.
 
-    Only ``frames`` frames are generated (the per-crop cost does not depend on how many there
-    are); the cache lives in a temporary folder.
+    With an affine augmentation it is measured both ways: the map applied in the loader
+    (scipy, ``affine_device=false``) and deferred to the batch on ``device``
+    (``affine_device=true``, :func:`temseg_ablation.data.warp.affine_warp_batch`), whose own
+    rate is timed there. Only ``frames`` frames are generated (the per-crop cost does not depend
+    on how many there are); the cache lives in a temporary folder.
     """
     from omegaconf import OmegaConf
 
-    from temseg_ablation.data.datamodule import TEMDataModule
+    from temseg_ablation.data.warp import affine_warp_batch
 
     d = OmegaConf.to_container(cfg.data, resolve=True)
     batch = int(d["batch_size"])
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="temseg-bench-gpu-") as cache:
         d.update(frames_per_experiment=frames, frame_height=size, frame_width=size,
                  crop_size=min(int(d["crop_size"]), size), heldout=False, cache_dir=cache,
                  num_workers=workers, progress=False, samples_per_epoch=batches * batch)
-        dm = TEMDataModule(input_multiple=multiple, **d)
-        t0 = time.perf_counter()
-        dm.prepare_data()
-        dm.setup("fit")
-        prepare_s = time.perf_counter() - t0
-        ds = dm.train_set
-        n_single = min(len(ds), 2 * batch)
-        t0 = time.perf_counter()
-        for i in range(n_single):
-            ds[i]
-        single = n_single / (time.perf_counter() - t0)
-        times, t_prev = [], time.perf_counter()
-        for _ in dm.train_dataloader():
-            now = time.perf_counter()
-            times.append(now - t_prev)
-            t_prev = now
-    steady = times[1:] or times  # the first batch includes starting the workers
+        affine = bool(d["augment"].get("affine"))
+        ways = [("loader", False), ("deferred", True)] if affine else [("loader", False)]
+        for name, deferred in ways:
+            d["augment"] = {**d["augment"], "affine_device": deferred}
+            r = _loader_rate(d, multiple)
+            first = r.pop("first")
+            out[name] = r
+            if deferred and device is not None:
+                img, lab = first["image"].to(device), first["labels"].to(device)
+                par = first["affine"].to(device)
+                warp = gm.timed(lambda i=img, la=lab, p=par: affine_warp_batch(i, la, p), device,
+                                **(timing or {"warmup": 1, "repeats": 2, "min_repeat_s": 0.005}))
+                r["device_warp_images_per_s"] = warp["median"] * batch
+    main = out.get("deferred", out["loader"])
     return {"crop": d["crop_size"], "batch": batch, "num_workers": workers,
-            "augment": d["augment"], "frames_generated": frames, "prepare_s": prepare_s,
-            "single_process_crops_per_s": single,
-            "loader_images_per_s": batch * len(steady) / sum(steady),
-            "loader_first_batch_s": times[0], "loader_batches": len(times)}
+            "augment": {k: v for k, v in d["augment"].items() if k != "affine_device"},
+            "frames_generated": frames, "ways": out, "prepare_s": main["prepare_s"],
+            "single_process_crops_per_s": main["single_process_crops_per_s"],
+            "loader_images_per_s": main["loader_images_per_s"],
+            "loader_first_batch_s": main["loader_first_batch_s"],
+            "device_warp_images_per_s": main.get("device_warp_images_per_s"),
+            "affine_on": "device" if "deferred" in out else "loader"}
 
 
 def split_counts(data: Any) -> tuple[int, int]:
@@ -153,9 +186,14 @@ def eager_rates(net: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, b
     return {"train_images_per_s": train["median"] * batch, "infer_b1_frames_per_s": infer["median"]}
 
 
+def _with_warp(train_ips: float, warp_ips: float | None) -> float:
+    """Training images/s once the deferred affine warp (same device, same stream) is added."""
+    return train_ips if not warp_ips else 1.0 / (1.0 / train_ips + 1.0 / warp_ips)
+
+
 def project(nets: dict[str, list[tuple[str, Any]]], image: torch.Tensor, mask: torch.Tensor,
             device: torch.device, timing: dict[str, Any], data_ips: float, seeds: int,
-            speedup: dict[bool, float]) -> dict[str, Any]:
+            speedup: dict[bool, float], warp_ips: float | None = None) -> dict[str, Any]:
     """Projected wall time of the sweep and of Table 1 from measured per-net rates.
 
     Per epoch: training crops / min(training rate, data rate) + validation frames / batch-1
@@ -163,7 +201,8 @@ def project(nets: dict[str, list[tuple[str, Any]]], image: torch.Tensor, mask: t
     logging are not included, so these are lower bounds.
     """
     measured: dict[str, dict[str, Any]] = {}
-    out: dict[str, Any] = {"seeds_table1": seeds, "data_images_per_s": data_ips}
+    out: dict[str, Any] = {"seeds_table1": seeds, "data_images_per_s": data_ips,
+                           "device_warp_images_per_s": warp_ips}
     for group, items in nets.items():
         jobs = []
         for name, cfg in items:
@@ -174,15 +213,16 @@ def project(nets: dict[str, list[tuple[str, Any]]], image: torch.Tensor, mask: t
                                             timing, float(cfg.optim.lr))
             r = measured[key]
             n_train, n_val = split_counts(cfg.data)
-            train_rate = min(r["train_images_per_s"], data_ips)
+            train_rate = min(_with_warp(r["train_images_per_s"], warp_ips), data_ips)
             epoch_s = n_train / train_rate + n_val / r["infer_b1_frames_per_s"]
-            fast_s = n_train / min(r["train_images_per_s"] * speedup[bool(args.get("extra_conv"))],
-                                   data_ips) + n_val / r["infer_b1_frames_per_s"]
+            fast = _with_warp(r["train_images_per_s"] * speedup[bool(args.get("extra_conv"))],
+                              warp_ips)
+            fast_s = n_train / min(fast, data_ips) + n_val / r["infer_b1_frames_per_s"]
             runs = seeds if group == "table1" else 1
             epochs = int(cfg.trainer.max_epochs)
             jobs.append({"name": name, "net": args, **r, "train_crops": n_train, "val_frames": n_val,
                          "epochs": epochs, "runs": runs, "epoch_s": epoch_s,
-                         "data_bound": data_ips < r["train_images_per_s"],
+                         "data_bound": data_ips < _with_warp(r["train_images_per_s"], warp_ips),
                          "job_s": epoch_s * epochs, "total_s": epoch_s * epochs * runs,
                          "total_s_best_mode": fast_s * epochs * runs})
         out[group] = {"jobs": jobs, "total_h": sum(j["total_s"] for j in jobs) / 3600,
@@ -294,10 +334,13 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     workers = min(int(paper.data.num_workers), os.cpu_count() or 1) if args.workers is None else args.workers
     multiple = int(getattr(build_net(paper)[0], "input_multiple", 1))
     result["data"] = data_rate(paper, args.size, args.data_frames, workers, args.data_batches,
-                               multiple)
+                               multiple, device, timing)
     save_partial(args.out, result)
-    print(f"data: {result['data']['loader_images_per_s']:.4g} images/s with {workers} workers "
-          f"({result['data']['single_process_crops_per_s']:.4g} crops/s in one process)", flush=True)
+    for way, r in result["data"]["ways"].items():
+        print(f"data ({way} affine): {r['loader_images_per_s']:.4g} images/s with {workers} "
+              f"workers ({r['single_process_crops_per_s']:.4g} crops/s in one process)"
+              + (f", device warp {r['device_warp_images_per_s']:.4g} images/s"
+                 if r.get("device_warp_images_per_s") else ""), flush=True)
     speedup = {}
     for extra_conv, variant in ((False, "norm"), (True, "twoconv_norm")):
         tr = {r["mode"]: r for r in result["models"][variant]["training"]}
@@ -306,7 +349,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         speedup[extra_conv] = best["images_per_s"]["median"] / eager["median"] if eager and best else 1.0
     proj_timing = {**timing, "repeats": max(1, min(3, args.repeats))}
     result["projection"] = project(config_nets(), image, mask, device, proj_timing,
-                                   result["data"]["loader_images_per_s"], args.seeds, speedup)
+                                   result["data"]["loader_images_per_s"], args.seeds, speedup,
+                                   result["data"].get("device_warp_images_per_s"))
     result["projection"]["best_mode_training_speedup"] = {"norm": speedup[False],
                                                           "twoconv_norm": speedup[True]}
     result["targets"] = targets(result, args.full)

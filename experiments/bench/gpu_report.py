@@ -103,11 +103,20 @@ def markdown(result: dict[str, Any]) -> str:
         out += _training(model)
     out += ["", "## Data pipeline", "",
             f"The project's data module with the paper's settings (crop {d['crop']}, batch "
-            f"{d['batch']}, augmentation {d['augment']}): **{_n(d['loader_images_per_s'])} "
-            f"images/s** from the loader with {d['num_workers']} workers "
-            f"(first batch {_n(d['loader_first_batch_s'], 3)} s incl. worker start), "
-            f"{_n(d['single_process_crops_per_s'])} crops/s in one process "
-            f"({d['frames_generated']} frames generated). Training faster than this waits for data.",
+            f"{d['batch']}, augmentation {d['augment']}), {d['num_workers']} loader workers, "
+            f"{d['frames_generated']} frames generated:", "",
+            "| affine map applied | loader images/s | crops/s in one process | first batch s "
+            "(worker start) | warp on the device, images/s |", "|---|---|---|---|---|"]
+    ways = d.get("ways") or {"loader": d}
+    labels = {"loader": "in the loader (scipy)",
+              "deferred": "on the batch's device (`data.augment.affine_device=true`)"}
+    for way, r in ways.items():
+        out.append(f"| {labels.get(way, way)} | {_n(r['loader_images_per_s'])} | "
+                   f"{_n(r['single_process_crops_per_s'])} | {_n(r['loader_first_batch_s'], 3)} | "
+                   f"{_n(r.get('device_warp_images_per_s'))} |")
+    out += ["", f"The projection uses the {'deferred' if 'deferred' in ways else 'loader'} row "
+            "(the paper profile's setting): training faster than the loader waits for data, "
+            "and a deferred warp adds its time to every training step.",
             "", "## Projected wall time (lower bounds)", "",
             "Per epoch: training crops / min(training rate, data rate) + validation frames / "
             "batch-1 inference rate, jobs one after another on this device; metrics, checkpoints "

@@ -14,17 +14,23 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .sources import folder_store, preprocess_store, synthetic_store
 from .splits import Splits, split_frames, split_indices
 from .store import FrameStore, stable_hash
-from .transforms import augment_pair, random_crop_box
+from .transforms import augment_pair, augment_pair_deferred, random_crop_box
 
 __all__ = ["FrameDataset", "ShardSampler", "Splits", "TEMDataModule", "split_frames",
            "split_indices"]
+
+
+#: ``affine`` of a training item that has no affine map (the identity, scipy's convention).
+IDENTITY_AFFINE = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
 
 
 class FrameDataset(Dataset):
     """Samples of a frame store: random crops with augmentation (train) or fixed views (eval).
 
     Each item is a dict with ``image`` (1, H, W) float32 in [0, 1], ``mask`` (H, W) int64 class
-    ids, ``labels`` (H, W) int32 instance ids and ``pixel_size_nm`` (float).
+    ids, ``labels`` (H, W) int32 instance ids and ``pixel_size_nm`` (float). With
+    ``augment["affine_device"]`` a training item's affine map is not applied but returned as
+    ``affine`` (6,) float64, for :func:`.warp.affine_warp_batch` on the whole batch.
     """
 
     def __init__(
@@ -74,15 +80,25 @@ class FrameDataset(Dataset):
                 f"network's input multiple {self.multiple}"
             )
         image, labels = image[:h, :w], labels[:h, :w]
+        params = None
         if self.train and self.augment:
-            image, labels = augment_pair(image, labels, rng, **self.augment)
-        return {
+            kw = {k: v for k, v in self.augment.items() if k != "affine_device"}
+            if self.augment.get("affine_device"):
+                # the map is drawn here (same draws) and applied to the batch where it is trained
+                image, labels, params = augment_pair_deferred(image, labels, rng, **kw)
+            else:
+                image, labels = augment_pair(image, labels, rng, **kw)
+        item = {
             # np.array copies: store frames are read-only memory maps, tensors must own memory
             "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],
             "mask": torch.from_numpy((labels > 0).astype(np.int64)),
             "labels": torch.from_numpy(np.array(labels, dtype=np.int32)),
             "pixel_size_nm": pixel_size,
         }
+        if self.train and self.augment.get("affine_device"):
+            # identity where no map was drawn, so every item of a batch has the key
+            item["affine"] = torch.from_numpy(IDENTITY_AFFINE if params is None else params)
+        return item
 
 
 def _centre_box(shape: tuple[int, int], size: int) -> tuple[slice, slice]:

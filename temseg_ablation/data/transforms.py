@@ -74,18 +74,46 @@ def augment_pair(
     happen in the same order as before the affine map became optional, so ``affine=True``
     reproduces the former augmentation exactly.
     """
+    image, labels, params = augment_pair_deferred(
+        image, labels, rng, flip=flip, rotate90=rotate90, affine=affine,
+        max_shift_px=max_shift_px, max_rotate_deg=max_rotate_deg)
+    if params is not None:
+        matrix, offset = params[:4].reshape(2, 2), params[4:]
+        image = ndimage.affine_transform(image, matrix, offset, order=1, mode="reflect")
+        labels = ndimage.affine_transform(labels, matrix, offset, order=0, mode="reflect")
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def augment_pair_deferred(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    flip: bool = True,
+    rotate90: bool = True,
+    affine: bool = False,
+    max_shift_px: float = 8.0,
+    max_rotate_deg: float = 15.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`augment_pair` with the affine map drawn but not applied.
+
+    Returns the flipped / rotated views and the map's parameters, float64 (6,) = the row-major
+    2 x 2 matrix and the offset (px, (row, col)) in :func:`scipy.ndimage.affine_transform`'s
+    convention (output pixel o samples the input at ``matrix @ o + offset``), or None without an
+    affine map. The draws are those of :func:`augment_pair`, so applying the parameters (e.g.
+    batched on the GPU with :func:`.warp.affine_warp_batch`) gives the same augmentation.
+    """
     if flip and rng.random() < 0.5:
         image, labels = image[:, ::-1], labels[:, ::-1]
     if rotate90:
         k = int(rng.integers(0, 4))
         image, labels = np.rot90(image, k), np.rot90(labels, k)
-    if affine and (max_shift_px > 0 or max_rotate_deg > 0):
-        angle = np.deg2rad(rng.uniform(-max_rotate_deg, max_rotate_deg))
-        shift = rng.uniform(-max_shift_px, max_shift_px, size=2)
-        c, s = np.cos(angle), np.sin(angle)
-        matrix = np.array([[c, -s], [s, c]])
-        centre = (np.array(image.shape) - 1) / 2.0
-        offset = centre - matrix @ centre + shift
-        image = ndimage.affine_transform(image, matrix, offset, order=1, mode="reflect")
-        labels = ndimage.affine_transform(labels, matrix, offset, order=0, mode="reflect")
-    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+    if not (affine and (max_shift_px > 0 or max_rotate_deg > 0)):
+        return image, labels, None
+    angle = np.deg2rad(rng.uniform(-max_rotate_deg, max_rotate_deg))
+    shift = rng.uniform(-max_shift_px, max_shift_px, size=2)
+    c, s = np.cos(angle), np.sin(angle)
+    matrix = np.array([[c, -s], [s, c]])
+    centre = (np.array(image.shape) - 1) / 2.0
+    offset = centre - matrix @ centre + shift
+    return image, labels, np.concatenate([matrix.ravel(), offset])

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.warp import affine_warp_batch
 from ..metrics.activation import (  # noqa: F401 - ActivationMoments re-exported for benchmarks
     ActivationMoments,
     output_norm_params,
@@ -100,6 +101,15 @@ class SegmentationModule(pl.LightningModule):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Particle probability (B, H, W): softmax over the two class outputs."""
         return F.softmax(self.net(x), dim=1)[:, 1]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply the affine maps a training batch carries (``data.augment.affine_device``) on
+        the batch's device, so the interpolating augmentation does not hold up the loader."""
+        if isinstance(batch, dict) and "affine" in batch:
+            batch = dict(batch)
+            image, labels = affine_warp_batch(batch["image"], batch["labels"], batch.pop("affine"))
+            batch.update(image=image, labels=labels, mask=(labels > 0).long())
+        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         logits = self.net(batch["image"])
