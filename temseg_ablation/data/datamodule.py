@@ -51,6 +51,9 @@ class FrameDataset(Dataset):
         self.train = train
         self.multiple = multiple
         self.augment = augment or {}
+        # affine_device is where the map is applied, not an argument of the augmentation itself
+        self._defer_affine = bool(self.augment.get("affine_device"))
+        self._augment_kw = {k: v for k, v in self.augment.items() if k != "affine_device"}
         self.samples = samples if samples is not None else len(self.indices)
         self.seed = seed
         self.epoch = 0
@@ -82,12 +85,11 @@ class FrameDataset(Dataset):
         image, labels = image[:h, :w], labels[:h, :w]
         params = None
         if self.train and self.augment:
-            kw = {k: v for k, v in self.augment.items() if k != "affine_device"}
-            if self.augment.get("affine_device"):
+            if self._defer_affine:
                 # the map is drawn here (same draws) and applied to the batch where it is trained
-                image, labels, params = augment_pair_deferred(image, labels, rng, **kw)
+                image, labels, params = augment_pair_deferred(image, labels, rng, **self._augment_kw)
             else:
-                image, labels = augment_pair(image, labels, rng, **kw)
+                image, labels = augment_pair(image, labels, rng, **self._augment_kw)
         item = {
             # np.array copies: store frames are read-only memory maps, tensors must own memory
             "image": torch.from_numpy(np.array(image, dtype=np.float32))[None],
@@ -95,7 +97,7 @@ class FrameDataset(Dataset):
             "labels": torch.from_numpy(np.array(labels, dtype=np.int32)),
             "pixel_size_nm": pixel_size,
         }
-        if self.train and self.augment.get("affine_device"):
+        if self.train and self._defer_affine:
             # identity where no map was drawn, so every item of a batch has the key
             item["affine"] = torch.from_numpy(IDENTITY_AFFINE if params is None else params)
         return item

@@ -14,19 +14,15 @@ import torch.nn.functional as F
 __all__ = ["affine_warp_batch"]
 
 
-def _grid(params: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``grid_sample`` grid (B, H, W, 2) sampling input pixel ``matrix @ o + offset`` at output o."""
+def _sources(params: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source (row, col) pixel coordinates, each (B, H, W) float64: ``matrix @ o + offset`` for output o."""
     p = params.to(torch.float64)
     rows = torch.arange(h, dtype=torch.float64, device=p.device)
     cols = torch.arange(w, dtype=torch.float64, device=p.device)
     r, c = torch.meshgrid(rows, cols, indexing="ij")
     src_r = p[:, 0, None, None] * r + p[:, 1, None, None] * c + p[:, 4, None, None]
     src_c = p[:, 2, None, None] * r + p[:, 3, None, None] * c + p[:, 5, None, None]
-    # align_corners=False: pixel i spans [i - 0.5, i + 0.5] -> normalised (2 i + 1) / n - 1, and
-    # "reflection" then mirrors about the outer pixel edges, scipy's mode="reflect"
-    gx = (2 * src_c + 1) / w - 1
-    gy = (2 * src_r + 1) / h - 1
-    return torch.stack([gx, gy], dim=-1)
+    return src_r, src_c
 
 
 def _reflect(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -57,15 +53,15 @@ def affine_warp_batch(image: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"affine_warp_batch: image (B, C, H, W), labels (B, H, W), params (B, 6); "
                          f"got {tuple(image.shape)}, {tuple(labels.shape)}, {tuple(params.shape)}")
     b, _, h, w = image.shape
-    grid = _grid(params, h, w)
+    src_r, src_c = _sources(params, h, w)
+    # align_corners=False: pixel i spans [i - 0.5, i + 0.5] -> normalised (2 i + 1) / n - 1, and
+    # "reflection" then mirrors about the outer pixel edges, scipy's mode="reflect"
+    grid = torch.stack([(2 * src_c + 1) / w - 1, (2 * src_r + 1) / h - 1], dim=-1)
     warped = F.grid_sample(image.to(torch.float32), grid.to(torch.float32), mode="bilinear",
                            padding_mode="reflection", align_corners=False).to(image.dtype)
     # labels: index the nearest source pixel directly (exact for any id, no float round trip)
-    g = grid.to(torch.float64)
-    src_c = _reflect((g[..., 0] + 1) * w / 2 - 0.5, w)
-    src_r = _reflect((g[..., 1] + 1) * h / 2 - 0.5, h)
-    rr = torch.round(src_r).clamp_(0, h - 1).long()
-    cc = torch.round(src_c).clamp_(0, w - 1).long()
+    rr = torch.round(_reflect(src_r, h)).clamp_(0, h - 1).long()
+    cc = torch.round(_reflect(src_c, w)).clamp_(0, w - 1).long()
     flat = labels.reshape(b, h * w)
     out = torch.gather(flat, 1, (rr * w + cc).reshape(b, -1)).reshape(b, h, w)
     return warped, out
