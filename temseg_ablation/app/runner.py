@@ -1,8 +1,8 @@
 """The one place that launches the Hydra app (``python -m temseg_ablation``) as subprocesses.
 
 Two ways: single-run jobs (``run_jobs``: a list of override sets, each in its own run folder,
-several at a time), and one multirun sweep (``run_sweep``: ``-m`` with the sweep folder, a
-the app prints its progress line). Both leave skipping to the config hash: a configuration that
+several at a time), and one multirun sweep (``run_sweep``: ``-m`` with the sweep folder; the
+app prints its progress line). Both leave skipping to the config hash: a configuration that
 already finished in the store is not trained again, so rerunning a command resumes it.
 """
 
