@@ -127,6 +127,13 @@ class SegmentOptions:
                 require_laptrack()  # before the folder is touched or a frame is segmented
             except ImportError as err:
                 raise SegmentError(str(err)) from None
+        if self.rois:
+            from ..data.writers import require_roifile
+
+            try:
+                require_roifile()  # likewise: a missing extra is one line before any work
+            except ImportError as err:
+                raise SegmentError(str(err)) from None
         need(self.mask_format in ("png", "tif"), f"mask format must be png or tif, got {self.mask_format!r}")
         need(self.tile > 0 and self.overlap >= 0 and self.batch_size > 0 and self.min_size_px >= 0,
              "tile and batch size must be > 0, overlap and min size >= 0")
@@ -287,13 +294,6 @@ def run_segmentation(inputs: Sequence[str | os.PathLike[str]], options: SegmentO
     t_start = time.perf_counter()
     o = options
     o.validate()
-    if o.rois:
-        from ..data.writers import MissingExtraError, require_roifile
-
-        try:
-            require_roifile()  # before the folder is touched or a frame is segmented
-        except MissingExtraError as err:
-            raise SegmentError(str(err)) from None
     try:
         o.out = check_out_dir(Path(o.out))
         store = OutputStore.open(o.out, o.hash(), o.settings(), overwrite=o.overwrite,
