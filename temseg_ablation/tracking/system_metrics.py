@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .mlflow_store import one_line
+
 log = logging.getLogger(__name__)
 
 
@@ -33,4 +35,4 @@ class SystemMetrics:
         try:
             self._monitor.finish()
         except Exception as err:  # noqa: BLE001 - system metrics must never fail a run
-            log.warning("system metrics: %s", str(err).splitlines()[0][:200] if str(err) else err)
+            log.warning("system metrics: %s", one_line(err, 200))
