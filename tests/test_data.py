@@ -328,3 +328,21 @@ def test_blur_eval_false_evaluates_on_unblurred_frames(tmp_path):
     v = both.splits.val[0]
     np.testing.assert_array_equal(both.val_set[0]["image"][0].numpy(), blurred.frame(v)[0])
     assert both.heldout_set.store.root != raw_held.root
+
+
+def test_blur_val_keeps_validation_in_the_training_domain(tmp_path):
+    """blur_eval=False with blur_val=True: validation blurred like training, test unblurred."""
+    kw = dict(n_experiments=3, frames_per_experiment=2, frame_height=64, frame_width=64,
+              blur_sigma=2.0, heldout_frames=2)
+    dm = _dm(tmp_path, blur_eval=False, blur_val=True, **kw)
+    raw = synthetic_store(tmp_path, n_experiments=3, frames_per_experiment=2, height=64, width=64,
+                          pixel_size_nm=0.18, seed=5, progress=False)
+    blurred = preprocess_store(raw, tmp_path, blur_sigma=2.0)
+    v, t = dm.splits.val[0], dm.splits.test[0]
+    np.testing.assert_array_equal(dm.val_set[0]["image"][0].numpy(), blurred.frame(v)[0])
+    np.testing.assert_array_equal(dm.test_set[0]["image"][0].numpy(), raw.frame(t)[0])
+    assert not np.array_equal(blurred.frame(v)[0], raw.frame(v)[0])
+    # and the reverse: blurred test frames, unblurred validation
+    rev = _dm(tmp_path, blur_val=False, **kw)
+    np.testing.assert_array_equal(rev.val_set[0]["image"][0].numpy(), raw.frame(v)[0])
+    np.testing.assert_array_equal(rev.test_set[0]["image"][0].numpy(), blurred.frame(t)[0])

@@ -162,7 +162,9 @@ class TEMDataModule(pl.LightningDataModule):
     ``heldout_set`` (a synthetic experiment at another magnification and dose). With
     ``split='experiment'`` the three first are different experiments (``n_experiments`` counts
     all of them). ``blur_eval=False`` trains on ``blur_sigma``-blurred frames but evaluates
-    val / test / held-out on the unblurred ones (the paper's protocol).
+    val / test / held-out on the unblurred ones (the paper's protocol); ``blur_val`` (``None``:
+    follow ``blur_eval``) decides for the validation frames alone, so checkpoint selection and
+    stopping can stay in the training domain while the test set is unblurred.
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class TEMDataModule(pl.LightningDataModule):
         downsample_size: int = 512,
         blur_sigma: float = 0.0,
         blur_eval: bool = True,
+        blur_val: bool | None = None,
         split: str = "experiment",
         val_fraction: float = 0.3,
         n_val_experiments: int = 1,
@@ -217,8 +220,8 @@ class TEMDataModule(pl.LightningDataModule):
         """Generate / read and cache every store (runs on one process per node)."""
         self._stores()
 
-    def _stores(self) -> tuple[FrameStore, FrameStore, FrameStore | None]:
-        """(training store, evaluation store, held-out store or None), each built once."""
+    def _stores(self) -> tuple[FrameStore, FrameStore, FrameStore, FrameStore | None]:
+        """(training, validation, test and held-out store or None), each built once."""
         k = self.kw
         common = dict(labels=k["labels"], pseudo=k["pseudo"], progress=k["progress"])
         if k["source"] == "synthetic":
@@ -244,19 +247,23 @@ class TEMDataModule(pl.LightningDataModule):
         # Evaluation frames get the training blur unless blur_eval is off (the paper's protocol:
         # models trained on blurred frames, all evaluated on unblurred ones). Each variant is
         # its own cached store, keyed by its blur sigma.
-        eval_prep = prep if k["blur_eval"] else {**prep, "blur_sigma": 0.0}
+        blur_val = k["blur_eval"] if k["blur_val"] is None else k["blur_val"]
+        unblurred = {**prep, "blur_sigma": 0.0}
         train = preprocess_store(main, self.cache_dir, **prep)
-        evaluate = train if eval_prep == prep else preprocess_store(main, self.cache_dir, **eval_prep)
+        plain = train
+        if unblurred != prep and not (k["blur_eval"] and blur_val):
+            plain = preprocess_store(main, self.cache_dir, **unblurred)
+        evaluate = train if k["blur_eval"] else plain
         if held is not None:
-            held = preprocess_store(held, self.cache_dir, **eval_prep)
-        return train, evaluate, held
+            held = preprocess_store(held, self.cache_dir, **(prep if k["blur_eval"] else unblurred))
+        return train, (train if blur_val else plain), evaluate, held
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cached stores and build the train / val / test / held-out datasets."""
         if self.train_set is not None:
             return
         k = self.kw
-        main, evaluate, held = self._stores()
+        main, validate, evaluate, held = self._stores()
         self.splits = split_frames(main.meta, k["split"], seed=k["seed"],
                                    val_fraction=k["val_fraction"],
                                    n_val_experiments=k["n_val_experiments"],
@@ -267,7 +274,7 @@ class TEMDataModule(pl.LightningDataModule):
         view = dict(multiple=k["input_multiple"], seed=k["seed"])
         self.train_set = FrameDataset(main, self.splits.train, crop_size=crop, train=True,
                                       augment=k["augment"], samples=k["samples_per_epoch"], **view)
-        self.val_set = FrameDataset(evaluate, self.splits.val, crop_size=k["val_crop_size"],
+        self.val_set = FrameDataset(validate, self.splits.val, crop_size=k["val_crop_size"],
                                     train=False, **view)
         if self.splits.test:
             self.test_set = FrameDataset(evaluate, self.splits.test, crop_size=k["val_crop_size"],
