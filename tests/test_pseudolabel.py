@@ -64,7 +64,7 @@ def _small_images():
         elif kind == 1:
             yield rng.integers(0, 4, (h, w)).astype(float)
         else:
-            # values 1 ulp apart share their top bits: exercises the exact-order repair
+            # values 1 ulp apart: the result must copy values exactly, never round them
             yield 0.5 + rng.integers(0, 5, (h, w)) * np.spacing(0.5)
 
 
@@ -86,6 +86,42 @@ def test_basin_depth_equals_skimage_pair():
         r, d = _morph.basin_depth(img)
         np.testing.assert_array_equal(r, r_ref)
         np.testing.assert_array_equal(d, d_ref)
+
+
+def _spiral_corridor(n: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(bool mask of a 1-px corridor spiralling in from the left border, its inner end)."""
+    path = np.zeros((n, n), bool)
+    y, x, dy, dx = 1, 0, 0, 1
+    path[y, x] = True
+    while True:
+        for _ in range(2):  # go straight if the cell two ahead is free, else turn right once
+            ny, nx = y + 2 * dy, x + 2 * dx
+            if 1 <= ny < n - 1 and 1 <= nx < n - 1 and not path[ny, nx]:
+                break
+            dy, dx = dx, -dy
+        else:
+            return path, (y, x)
+        path[y + dy, x + dx] = path[ny, nx] = True
+        y, x = ny, nx
+
+
+@pytest.mark.parametrize("n", [31, 64])
+def test_reconstruction_follows_a_spiral_against_the_scan_order(n):
+    """A value that must travel a corridor winding against both raster directions."""
+    path, end = _spiral_corridor(n)
+    ridge = np.where(path, 0.9, 0.0)
+    ridge[end] = 1.0  # a dome at the spiral's heart, reachable only along the corridor
+    r = _morph.reconstruct_from_border(ridge, "dilation")
+    np.testing.assert_array_equal(r, _ref_reconstruct(ridge, "dilation"))
+    assert r[end] == 0.9 and r[path].min() == 0.9  # 0.9 came in along the whole spiral
+    basin = 1.0 - ridge
+    np.testing.assert_array_equal(_morph.reconstruct_from_border(basin, "erosion"),
+                                  _ref_reconstruct(basin, "erosion"))
+    r_ref = _ref_reconstruct(basin, "dilation")
+    rb, d = _morph.basin_depth(basin)
+    np.testing.assert_array_equal(rb, r_ref)
+    np.testing.assert_array_equal(d, np.abs(r_ref - _ref_reconstruct(r_ref, "erosion")))
+    assert d[end] == pytest.approx(0.1)  # the heart fills only to the corridor's floor
 
 
 def test_basin_depth_finds_enclosed_basin_depth():
