@@ -18,7 +18,8 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 
 # Tiny, fast settings every training test starts from (still the real config and code path).
 TINY = [
-    "data.n_experiments=3", "data.frames_per_experiment=3", "data.frame_height=64",
+    "data.n_experiments=3", "data.frames_per_experiment=3", "data.n_val_experiments=1",
+    "data.n_test_experiments=1", "data.frame_height=64",
     "data.frame_width=64", "data.crop_size=32", "data.batch_size=2", "data.heldout_frames=1",
     "data.samples_per_epoch=null",
     "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",

@@ -52,7 +52,8 @@ def to_markdown(table: pd.DataFrame, profile: str, n_seeds: int, note: str = "")
             f"{row.paper} | **{r['verdict']}** |")
     lines += ["", "Each row has one primary measure (bold); only it is judged. Intervals are "
               "paired t-intervals clipped to the measure's feasible range; p is an exact "
-              "two-sided sign-flip test (smallest possible p = 2/2^n: 0.0625 with 5 seeds), "
+              "two-sided sign-flip test (smallest possible p = 2/2^n: "
+              f"{2 / 2**max(n_seeds, 1):.4f} with all {n_seeds} seeds paired), "
               "Holm-adjusted over the directional primary measures of the judged (converged) rows. "
               "Directional rows: supports / "
               f"contradicts need Holm p < {ALPHA} and the interval on the expected / opposite "
