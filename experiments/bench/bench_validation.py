@@ -61,20 +61,27 @@ def _time_metrics(module, outputs: list[tuple[torch.Tensor, dict]]) -> dict[str,
 
     times: dict[str, float] = {}
     for name, metric in module._metrics.items():
-        if name == "activations":
+        if name.startswith("activations"):
             continue  # fed by forward hooks: timed by _time_activation_moments
         metric.reset()
         t0 = time.perf_counter()
         for out, batch in outputs:
+            # fed as SegmentationModule.validation_step feeds them
             prob = F.softmax(out, dim=1)[:, 1]
             target = batch["mask"].bool()
-            if name == "pixel" or name == "edge":
+            if name in ("pixel", "edge"):
                 metric.update(prob, target)
             elif name == "dead":
                 metric.update(out[:, 1])
+            elif name == "separation":
+                metric.update(out[:, 1], target)
+            elif name == "edge_profile":
+                metric.update(prob, batch.get("labels", target))
             elif name == "particle":
                 otsu = otsu_thresholds(prob).view(-1, 1, 1)
                 metric.update(binarize(prob, otsu), batch["labels"], batch["pixel_size_nm"])
+            else:
+                raise RuntimeError(f"bench_validation does not know how to feed metric {name!r}")
         metric.compute()
         synchronize(outputs[0][0].device)
         times[name] = time.perf_counter() - t0
