@@ -79,7 +79,7 @@ def test_cli_on_two_real_images(tmp_path):
                            "--no-progress"]) == 0
     df = pd.read_csv(tmp_path / "results.csv")
     assert sorted(df["image"].unique()) == ["Cu1", "Cu3"]
-    assert set(df["method"]) == {"classical", "paper_px", "blob_log"}
+    assert set(df["method"]) == {"classical", "classical_split", "paper_px", "blob_log", "blob_contrast"}
     assert (df["tp"] + df["fn"] == df["n_true"]).all() and (df["tp"] + df["fp"] == df["n_pred"]).all()
     assert df["f1"].between(0, 1).all()
     assert (tmp_path / "results.md").read_text().count("IoU >= 0.5") == 1

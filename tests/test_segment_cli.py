@@ -91,6 +91,30 @@ def test_auto_scale_on_uncalibrated_png(tmp_path, env):
     assert row["scale_source"] == "none" and row["classical_sigma_px"] == 2.0
 
 
+def test_blobs_mode_counts_haadf_particles_with_and_without_calibration(tmp_path, env):
+    """--model blobs: the real-image benchmark's best path, on synthetic HAADF frames with truth."""
+    cfg = SyntheticConfig(height=192, width=192, pixel_size_nm=0.3, imaging_mode="haadf")
+    frame = generate_sequence(cfg, 1, seed=3)[0]
+    true_n = int((~frame.particles["touches_border"]).sum())
+    png = _png(tmp_path / "haadf.png", frame.image)
+    tif = _calibrated_tif(tmp_path / "haadf_cal.tif", frame.image, 0.3)
+    proc = _run(["--model", "blobs", "--particles", "bright", "--pixel-size-nm", "auto",
+                 "--out", "o", str(png), str(tif)], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(tmp_path / "o" / "frames.csv").set_index("source")
+    png_row = rows.loc[rows.index.str.endswith("haadf.png")].iloc[0]
+    cal_row = rows.loc[rows.index.str.endswith("haadf_cal.tif")].iloc[0]
+    assert png_row["scale_source"] == "estimate" and cal_row["scale_source"] == "file"
+    for row in (png_row, cal_row):
+        assert 0.7 * true_n <= row["count_interior"] <= 1.3 * true_n, (row["count_interior"], true_n)
+        assert np.isnan(row["classical_sigma_px"]) and row["estimated_diameter_px"] > 0
+    assert np.isnan(png_row["median_diameter_nm"])  # an estimate is not a calibration
+    # 5 nm particles (the generator's median) measured in nm from the file's calibration
+    assert 3.0 < cal_row["median_diameter_nm"] < 7.0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["model"]["kind"] == "blobs"
+
+
 def test_low_confidence_estimate_warns_once_per_frame(tmp_path, env):
     img = np.full((2, 96, 96), 200.0, np.float32)
     yy, xx = np.mgrid[:96, :96]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data import blobs as rc
 from ..data.readers import read_frames
 from . import realbench_methods as rm
 from .realbench_match import (
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "realdata" / "stem_particles"
 DEFAULT_OUT = ROOT / "experiments" / "realbench"
 MACHINE = "2-core CPU"
+#: Method whose worst frames ``worst.png`` shows (the best path).
+WORST_METHOD = "blob_contrast"
 
 __all__ = ["load_frame", "reference_diameter_px", "scale_error", "score_frame", "run", "main"]
 
@@ -74,7 +77,9 @@ def _methods(model: Any | None) -> dict[str, Callable[..., rm.Detection]]:
     out: dict[str, Callable[..., rm.Detection]] = {
         "classical": rm.classical,
         "paper_px": rm.paper_pixels,
+        "classical_split": rm.classical_split,
         "blob_log": rm.blob_log_peer,
+        "blob_contrast": rm.blob_contrast,
     }
     if model is not None:
         out["network"] = lambda image, est: rm.network(image, est, model)
@@ -168,9 +173,17 @@ size (mean of box width and height); within 25 % on {sc['within']} of {sc['frame
 median |error| {sc['median_abs_error']:.3f}.
 
 Methods: `classical` = pseudo-labelling with `PseudoLabelParams.from_nm(particles='bright')`
-scaled to the estimated diameter (same as `estimate_scale='always'`); `paper_px` = the paper's
-fixed 2 px / 5 px; `blob_log` = `skimage.feature.blob_log` at sigmas within 1.6x of the
-estimate; `network` (when given) = a trained network via `segment_image`.
+scaled to the estimated diameter (same as `estimate_scale='always'`); `classical_split` = the
+same mask with touching particles split (`data.instances.split_touching`, centres at least
+half the estimated diameter apart); `paper_px` = the paper's fixed 2 px / 5 px;
+`blob_log` = `skimage.feature.blob_log` at sigmas within 1.6x of the estimate;
+`blob_contrast` = LoG maxima at sigmas within 1.6x of the estimate, kept above Yen's threshold
+of the frame's candidate responses and when the disc mean exceeds the annulus (1.5-2.5 r)
+median by {rc.MIN_CONTRAST} robust sd, each boxed at the radius where its radial profile is
+down to {rc.EDGE_LEVEL} x the peak's height above the annulus median
+(`data/blobs.py`; sensitivity to these settings: `sensitivity.md`, from
+`experiments/realbench/sensitivity.py`); `network` (when given) = a trained network via
+`segment_image`.
 
 ## Medians over frames
 
@@ -180,8 +193,8 @@ estimate; `network` (when given) = a trained network via `segment_image`.
 
 {_fmt(per)}
 
-`worst.png`: the four frames with the lowest `classical` F1, human boxes green, predicted mask
-outline and boxes red.
+`worst.png`: the four frames with the lowest `{WORST_METHOD}` F1, human boxes green, predicted
+mask outline and boxes red.
 """
     path.write_text(text)
     return med_text
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     med_text = write_markdown(df, args.out / "results.md", args.data)
     from .realbench_plots import worst_figure
 
-    worst_figure(df, dets, args.data, args.out / "worst.png")
+    worst_figure(df, dets, args.data, args.out / "worst.png", method=WORST_METHOD)
     sc = scale_summary(df)
     print(med_text)
     print(f"scale estimate within 25 %: {sc['within']}/{sc['frames']} frames, "

@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from ..data.blobs import blob_labels, contrast_blobs
 from ..data.components import label_components
+from ..data.instances import split_touching
 from ..data.pseudolabel import PseudoLabelParams, params_for_scale, pseudo_label_stages
 from ..data.scale import ScaleEstimate, estimate_particle_diameter_px
 from .realbench_match import boxes_from_labels
 
-__all__ = ["Detection", "estimate_scale", "classical", "paper_pixels", "blob_log_peer", "network"]
+__all__ = ["Detection", "estimate_scale", "classical", "classical_split", "paper_pixels", "blob_log_peer",
+           "blob_contrast", "network"]
 
 
 @dataclass
@@ -73,6 +76,30 @@ def blob_log_peer(image: np.ndarray, est: ScaleEstimate | None, threshold_rel: f
     y, xx, sig = blobs[:, 0] + 0.5, blobs[:, 1] + 0.5, blobs[:, 2]
     r = math.sqrt(2) * sig
     return Detection(np.column_stack([xx - r, y - r, xx + r, y + r]), np.column_stack([xx, y]), None)
+
+
+def blob_contrast(image: np.ndarray, est: ScaleEstimate | None, **options: Any) -> Detection:
+    """LoG blobs kept by Yen's threshold and annulus contrast, each boxed at its refined radius (:func:`data.blobs.contrast_blobs`).
+
+    ``options`` go to ``contrast_blobs`` (``min_contrast``, ``level``, ``nbins``); the mask holds
+    one disc per blob.
+    """
+    shape = np.shape(image)
+    if est is None:
+        return Detection(np.zeros((0, 4)), np.zeros((0, 2)), np.zeros(shape, bool))
+    b = contrast_blobs(image, est.diameter_px, **options)
+    y, x, r = b[:, 0] + 0.5, b[:, 1] + 0.5, b[:, 2]
+    return Detection(np.column_stack([x - r, y - r, x + r, y + r]), np.column_stack([x, y]),
+                     blob_labels(shape, b) > 0)
+
+
+def classical_split(image: np.ndarray, est: ScaleEstimate | None, **options: Any) -> Detection:
+    """:func:`classical` with merged components cut apart (:func:`data.instances.split_touching`, centres at least half the estimated diameter apart)."""
+    det = classical(image, est, **options)
+    if est is None or det.mask is None or not det.mask.any():
+        return det
+    boxes, cent = boxes_from_labels(split_touching(det.mask, est.diameter_px / 2))
+    return Detection(boxes, cent, det.mask)
 
 
 def network(image: np.ndarray, est: ScaleEstimate | None, model: Any) -> Detection:

@@ -20,13 +20,16 @@ EXIT_OK, EXIT_NOTHING = 0, 2  # 2: nothing segmented, or a bad option / model / 
 _EPILOG = """\
 MODEL is a checkpoint file, an MLflow run id (its checkpoints/best.ckpt artifact is used),
 models:/NAME/VERSION or models:/NAME@ALIAS from the model registry (temseg-register puts a
-run there), or 'classical' (the pseudo-labelling pipeline, no network). FRAMES are files, glob patterns or folders (DM3/DM4/EMD/TIA/TIFF/PNG/NPY/HSPY);
+run there), 'classical' (the pseudo-labelling pipeline, no network) or 'blobs' (contrast-
+filtered LoG particles at the frame's estimated particle size, no network; the best path on
+the real HAADF benchmark, `make realbench`). FRAMES are files, glob patterns or folders (DM3/DM4/EMD/TIA/TIFF/PNG/NPY/HSPY);
 unreadable files are reported and skipped. Results are written frame by frame; a rerun into
 the same --out with the same options continues where the last one stopped.
 
 examples:
   python -m temseg_ablation.segment --model outputs/ckpt/best.ckpt --out seg run42/*.dm4
   python -m temseg_ablation.segment --model classical --particles bright --out seg img.dm4
+  python -m temseg_ablation.segment --model blobs --particles bright --out seg stem/*.png
   python -m temseg_ablation.segment --model 0123...cdef --track --out seg stack.npy
 """
 
@@ -83,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "measure every particle and optionally track coarsening through a sequence.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("frames", nargs="+", metavar="FRAMES", help="files, glob patterns or folders")
-    p.add_argument("--model", required=True, help="checkpoint, run id, models:/NAME/VERSION, models:/NAME@ALIAS or "
-                        "'classical'")
+    p.add_argument("--model", required=True, help="checkpoint, run id, models:/NAME/VERSION, models:/NAME@ALIAS, "
+                        "'classical' or 'blobs'")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store for run ids and registered models (default: $MLFLOW_TRACKING_URI "
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--min-size-nm", type=_positive(float), default=None,
                       help="drop particles whose equivalent diameter is below this (nm)")
     g.add_argument("--split-touching", action="store_true",
-                   help="split touching particles (temseg_ablation.data.instances.split_touching)")
+                   help="split touching particles (temseg_ablation.data.instances.split_touching; "
+                        "--model blobs keeps every blob its own particle anyway)")
     g.add_argument("--split-min-distance-px", type=_positive(float), default=None,
                    help="minimum distance between particle centres when splitting (px; default: "
                         "half the median inscribed radius)")

@@ -330,8 +330,8 @@ def export_model(source: str | Path | TrainedModel, out: str | Path, fmt: str, *
         raise ExportError(ONNX_EXTRA_MESSAGE)
     if opset is not None and fmt != "onnx":
         raise ExportError("--opset applies to --format onnx only")
-    if str(source) == "classical":
-        raise ExportError("the classical pipeline has no network to export; give a checkpoint, "
+    if str(source) in ("classical", "blobs"):
+        raise ExportError(f"--model {source}: no network to export; give a checkpoint, "
                           "run id or models:/ URI")
     if isinstance(source, TrainedModel):
         model = source

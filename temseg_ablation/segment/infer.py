@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_TILE",
     "MAX_RESCALED_PIXELS",
     "FrameSegmentation",
+    "blob_segmentation",
     "classical_mask",
     "input_multiple",
     "model_pixel_size_nm",
@@ -224,6 +225,22 @@ def classical_mask(
                                particles=particles, threshold=threshold)
     stages = pseudo_label_stages(np.asarray(image), params)
     return FrameSegmentation(None, stages["mask"], float(stages["threshold"]), 1.0)
+
+
+def blob_segmentation(image: np.ndarray, diameter_px: float, *,
+                      particles: str = "dark") -> tuple[FrameSegmentation, np.ndarray]:
+    """Segment one raw frame (H, W) with the contrast-filtered LoG detector (:mod:`data.blobs`).
+
+    Returns the segmentation (mask = the union of the blobs' discs, threshold NaN) and int32
+    instance labels, one disc per blob, so touching particles stay apart. ``diameter_px`` is
+    the typical particle diameter on the frame (its scale estimate).
+    """
+    from ..data.blobs import blob_labels, contrast_blobs
+
+    x = np.asarray(image, dtype=np.float64)
+    blobs = contrast_blobs(x if particles == "bright" else -x, float(diameter_px))
+    labels = blob_labels(x.shape, blobs)
+    return FrameSegmentation(None, labels > 0, float("nan"), 1.0), labels
 
 
 def segment_image(

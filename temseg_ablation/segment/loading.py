@@ -136,7 +136,7 @@ def load_model(spec: str, tracking_uri: str = DEFAULT_TRACKING_URI,
     if path.suffix or "/" in spec:
         raise CheckpointError(path, "no such checkpoint file")
     raise ModelSpecError(f"--model {spec!r}: not a checkpoint file, an MLflow run id (32 hex "
-                         "digits), models:/NAME/VERSION, models:/NAME@ALIAS or 'classical'")
+                         "digits), models:/NAME/VERSION, models:/NAME@ALIAS, 'classical' or 'blobs'")
 
 
 def register_model(run_id: str, name: str, tracking_uri: str = DEFAULT_TRACKING_URI, *,

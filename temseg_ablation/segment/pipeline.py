@@ -177,6 +177,11 @@ def _load(o: SegmentOptions, note: Callable[[str], None]) -> tuple[Any, dict[str
     if o.model == "classical":
         return None, {"kind": "classical", "sigma_px": o.classical_sigma_px,
                       "opening_radius_px": o.classical_opening_px}
+    if o.model == "blobs":
+        from ..data import blobs
+
+        return None, {"kind": "blobs", "min_contrast": blobs.MIN_CONTRAST,
+                      "edge_level": blobs.EDGE_LEVEL}
     from ..data.preprocess import Preprocess
     from ..models.io import CheckpointError
     from .infer import input_multiple, receptive_field_px
@@ -240,7 +245,7 @@ def _segment_frame(o: SegmentOptions, model: Any, image: np.ndarray, file_px: fl
                    model_info: dict[str, Any]) -> tuple[FrameScale, Any, np.ndarray, Any]:
     """Scale, segment and label one frame: its scale, segmentation, labels and classical params."""
     from ..data.pseudolabel import PseudoLabelParams, params_for_scale
-    from .infer import classical_mask, segment_image
+    from .infer import blob_segmentation, classical_mask, segment_image
     from .measure import label_particles, min_area_px, remove_small
     from .scaling import check_rescaled_size
 
@@ -251,6 +256,22 @@ def _segment_frame(o: SegmentOptions, model: Any, image: np.ndarray, file_px: fl
                      rescale=o.rescale)
     min_area = min_area_px(o.min_size_px, o.min_size_nm, sc.pixel_size_nm)
     params = None
+    if o.model == "blobs":
+        # the detector works at the frame's own pixels and needs the particles' size there:
+        # the scale estimate's, also when a calibration gives the nm measurements
+        if not (sc.diameter_px is not None and np.isfinite(sc.diameter_px)):
+            import dataclasses
+
+            from ..data.scale import estimate_particle_diameter_px
+
+            try:
+                est = estimate_particle_diameter_px(np.asarray(image), o.particles)
+            except ValueError as err:
+                raise ValueError(f"--model blobs: {err}") from None
+            sc = dataclasses.replace(sc, diameter_px=est.diameter_px, confidence=est.confidence,
+                                     notes=est.notes)
+        seg, parts = blob_segmentation(image, sc.diameter_px, particles=o.particles)
+        return sc, seg, remove_small(parts, min_area), None
     if not network:
         params = PseudoLabelParams(sigma=float(o.classical_sigma_px),
                                    opening_radius=int(o.classical_opening_px))
