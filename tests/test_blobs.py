@@ -119,15 +119,3 @@ def test_blob_contrast_on_one_real_frame():
     s = realbench.score_frame(det, true)
     assert 0.5 * len(true) <= s["n_pred"] <= 2 * len(true)
     assert s["f1"] > 0.5
-
-
-@pytest.mark.realdata
-@pytest.mark.skipif(not STEM.is_dir(), reason="../shared/realdata is absent")
-def test_cli_scores_the_new_methods(tmp_path):
-    import pandas as pd
-
-    assert realbench.main(["--data", str(STEM), "--out", str(tmp_path), "--limit", "1",
-                           "--no-progress"]) == 0
-    df = pd.read_csv(tmp_path / "results.csv")
-    assert {"classical_split", "blob_contrast"} <= set(df["method"])
-    assert "blob_contrast" in (tmp_path / "results.md").read_text()

@@ -47,6 +47,11 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return (x - lo) / max(float(hi - lo), 1e-12)
 
 
+def _smoothed(image: np.ndarray, smooth: float) -> np.ndarray:
+    x = _normalise(image)
+    return ndi.gaussian_filter(x, smooth) if smooth > 0 else x
+
+
 def log_candidates(image: np.ndarray, sigma: float, span: float = SIGMA_SPAN,
                    num_sigma: int = 5) -> np.ndarray:
     """Local maxima of the scale-normalised LoG (bright blobs) at sigmas in ``[sigma / span, sigma * span]``.
@@ -128,7 +133,7 @@ def blob_contrast_scores(image: np.ndarray, blobs: np.ndarray, smooth: float = 1
     np.ndarray
         (N,) scores (NaN where the annulus falls outside the frame almost entirely).
     """
-    x = ndi.gaussian_filter(_normalise(image), smooth) if smooth > 0 else _normalise(image)
+    x = _smoothed(image, smooth)
     if floor is None:
         floor = _noise_floor(x)
     out = np.full(len(blobs), np.nan)
@@ -170,7 +175,7 @@ def refine_radii(image: np.ndarray, blobs: np.ndarray, smooth: float = 1.0,
     np.ndarray
         (N,) radii (px), linearly interpolated between 1 px rings.
     """
-    x = ndi.gaussian_filter(_normalise(image), smooth) if smooth > 0 else _normalise(image)
+    x = _smoothed(image, smooth)
     out = np.zeros(len(blobs))
     for i, (cy, cx, s) in enumerate(np.asarray(blobs, np.float64)[:, :3]):
         r0 = math.sqrt(2) * s
