@@ -383,6 +383,26 @@ def test_dead_output_fraction_of_relu_negative_is_one():
     assert float(m.compute()) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (5, 7), (11,), ()])
+def test_moments_match_a_float64_pass(shape):
+    """Float32 plane sums + float64 accumulation agree with a float64 pass, even far off zero."""
+    from temseg_ablation.metrics.activation import moments
+
+    g = torch.Generator().manual_seed(1)
+    x = 50.0 + torch.randn(shape, generator=g)  # mean 50 x the sd: the hard case for E[x^2] - E[x]^2
+    total, total_sq, n = moments(x)
+    ref = x.to(torch.float64)
+    assert n == ref.numel() and total.dtype == total_sq.dtype == torch.float64
+    assert float(total) == pytest.approx(float(ref.sum()), rel=1e-6)
+    assert float(total_sq) == pytest.approx(float((ref * ref).sum()), rel=1e-6)
+    if n > 1:
+        var = float(total_sq) / n - (float(total) / n) ** 2
+        assert var == pytest.approx(float(ref.var(unbiased=False)), rel=1e-2)
+    half, _, _ = moments(x.to(torch.bfloat16))
+    assert float(half) == pytest.approx(float(x.to(torch.bfloat16).double().sum()), rel=1e-6)
+    assert moments(torch.zeros(0, 4, 4))[2] == 0
+
+
 def test_activation_spread():
     g = torch.Generator().manual_seed(0)
     acts = [torch.randn(1000, generator=g), 10 * torch.randn(1000, generator=g)]
