@@ -259,7 +259,7 @@ def _segment_frame(o: SegmentOptions, model: Any, image: np.ndarray, file_px: fl
     if o.model == "blobs":
         # the detector works at the frame's own pixels and needs the particles' size there:
         # the scale estimate's, also when a calibration gives the nm measurements
-        if not (sc.diameter_px is not None and np.isfinite(sc.diameter_px)):
+        if not np.isfinite(sc.diameter_px):
             import dataclasses
 
             from ..data.scale import estimate_particle_diameter_px
