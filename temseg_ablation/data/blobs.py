@@ -39,6 +39,8 @@ MIN_CONTRAST = 0.5
 #: radial profile has fallen 70 % of the way from the peak to the annulus level (human boxes
 #: enclose the particle's foot, not its half maximum).
 EDGE_LEVEL = 0.3
+#: A refined radius stays within these multiples of the LoG radius sqrt(2) sigma.
+RADIUS_LIMITS = (0.4, ANNULUS[0])
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
@@ -133,7 +135,12 @@ def blob_contrast_scores(image: np.ndarray, blobs: np.ndarray, smooth: float = 1
     np.ndarray
         (N,) scores (NaN where the annulus falls outside the frame almost entirely).
     """
-    x = _smoothed(image, smooth)
+    return _scores_on(_smoothed(image, smooth), blobs, annulus, floor)
+
+
+def _scores_on(x: np.ndarray, blobs: np.ndarray, annulus: tuple[float, float],
+               floor: float | None) -> np.ndarray:
+    """:func:`blob_contrast_scores` on an already normalised and smoothed frame ``x``."""
     if floor is None:
         floor = _noise_floor(x)
     out = np.full(len(blobs), np.nan)
@@ -151,7 +158,7 @@ def _noise_floor(x: np.ndarray) -> float:
 
 def refine_radii(image: np.ndarray, blobs: np.ndarray, smooth: float = 1.0,
                  annulus: tuple[float, float] = ANNULUS, level: float = 0.5,
-                 limits: tuple[float, float] = (0.4, ANNULUS[0])) -> np.ndarray:
+                 limits: tuple[float, float] = RADIUS_LIMITS) -> np.ndarray:
     """Radius of each blob where its radial mean profile falls to ``level`` between peak and annulus median.
 
     Parameters
@@ -175,7 +182,12 @@ def refine_radii(image: np.ndarray, blobs: np.ndarray, smooth: float = 1.0,
     np.ndarray
         (N,) radii (px), linearly interpolated between 1 px rings.
     """
-    x = _smoothed(image, smooth)
+    return _radii_on(_smoothed(image, smooth), blobs, annulus, level, limits)
+
+
+def _radii_on(x: np.ndarray, blobs: np.ndarray, annulus: tuple[float, float], level: float,
+              limits: tuple[float, float]) -> np.ndarray:
+    """:func:`refine_radii` on an already normalised and smoothed frame ``x``."""
     out = np.zeros(len(blobs))
     for i, (cy, cx, s) in enumerate(np.asarray(blobs, np.float64)[:, :3]):
         r0 = math.sqrt(2) * s
@@ -263,11 +275,12 @@ def contrast_blobs(image: np.ndarray, diameter_px: float, min_contrast: float = 
     if len(cand) < 3:
         return np.zeros((0, 4))
     cand = cand[cand[:, 3] >= threshold_yen(cand[:, 3], nbins=nbins)]
-    score = blob_contrast_scores(image, cand, smooth=sm)
+    x = _smoothed(image, sm)  # one smoothed frame serves the scores and the radii
+    score = _scores_on(x, cand, ANNULUS, None)
     cand = cand[np.isfinite(score) & (score >= min_contrast)]
     if len(cand) == 0:
         return np.zeros((0, 4))
-    r = refine_radii(image, cand, smooth=sm, level=level)
+    r = _radii_on(x, cand, ANNULUS, level, RADIUS_LIMITS)
     keep = suppress_overlaps(cand[:, 0], cand[:, 1], r, cand[:, 3])
     return np.column_stack([cand[keep, 0], cand[keep, 1], r[keep], cand[keep, 3]])
 

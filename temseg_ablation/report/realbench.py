@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data import blobs as rc
+from ..data.blobs import EDGE_LEVEL, MIN_CONTRAST
 from ..data.readers import read_frames
 from . import realbench_methods as rm
 from .realbench_match import (
@@ -179,8 +179,8 @@ half the estimated diameter apart); `paper_px` = the paper's fixed 2 px / 5 px;
 `blob_log` = `skimage.feature.blob_log` at sigmas within 1.6x of the estimate;
 `blob_contrast` = LoG maxima at sigmas within 1.6x of the estimate, kept above Yen's threshold
 of the frame's candidate responses and when the disc mean exceeds the annulus (1.5-2.5 r)
-median by {rc.MIN_CONTRAST} robust sd, each boxed at the radius where its radial profile is
-down to {rc.EDGE_LEVEL} x the peak's height above the annulus median
+median by {MIN_CONTRAST} robust sd, each boxed at the radius where its radial profile is
+down to {EDGE_LEVEL} x the peak's height above the annulus median
 (`data/blobs.py`; sensitivity to these settings: `sensitivity.md`, from
 `experiments/realbench/sensitivity.py`); `network` (when given) = a trained network via
 `segment_image`.
