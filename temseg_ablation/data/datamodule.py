@@ -248,15 +248,18 @@ class TEMDataModule(pl.LightningDataModule):
         # models trained on blurred frames, all evaluated on unblurred ones). Each variant is
         # its own cached store, keyed by its blur sigma.
         blur_val = k["blur_eval"] if k["blur_val"] is None else k["blur_val"]
-        unblurred = {**prep, "blur_sigma": 0.0}
-        train = preprocess_store(main, self.cache_dir, **prep)
-        plain = train
-        if unblurred != prep and not (k["blur_eval"] and blur_val):
-            plain = preprocess_store(main, self.cache_dir, **unblurred)
-        evaluate = train if k["blur_eval"] else plain
+        built: dict[Any, FrameStore] = {}
+
+        def view(blurred: bool) -> FrameStore:
+            sigma = prep["blur_sigma"] if blurred else 0.0
+            if sigma not in built:  # built only when some split uses it
+                built[sigma] = preprocess_store(main, self.cache_dir, **{**prep, "blur_sigma": sigma})
+            return built[sigma]
+
         if held is not None:
-            held = preprocess_store(held, self.cache_dir, **(prep if k["blur_eval"] else unblurred))
-        return train, (train if blur_val else plain), evaluate, held
+            held_sigma = prep["blur_sigma"] if k["blur_eval"] else 0.0
+            held = preprocess_store(held, self.cache_dir, **{**prep, "blur_sigma": held_sigma})
+        return view(True), view(blur_val), view(k["blur_eval"]), held
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cached stores and build the train / val / test / held-out datasets."""
