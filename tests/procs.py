@@ -74,8 +74,13 @@ def job_runs(client: MlflowClient, kind: str = "job") -> list:
 
 def trained_epochs(client: MlflowClient, run_id: str) -> list[int]:
     """Epoch numbers of the run's ``train/loss_epoch`` entries, sorted (repeats kept)."""
+    # A live run may log a newer step between the two reads. The loss history is read first
+    # (``epoch`` is logged in the same batch, so it is normally there by the second read) and
+    # a step whose epoch is not yet visible is left out: callers compare against exact lists,
+    # so an entry left out still fails a final check.
+    losses = client.get_metric_history(run_id, "train/loss_epoch")
     epoch_at = {m.step: int(m.value) for m in client.get_metric_history(run_id, "epoch")}
-    return sorted(epoch_at[m.step] for m in client.get_metric_history(run_id, "train/loss_epoch"))
+    return sorted(epoch_at[m.step] for m in losses if m.step in epoch_at)
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

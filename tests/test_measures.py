@@ -174,6 +174,23 @@ def test_missed_particle_has_no_profile_and_medians_pool_particles():
     assert float(out["edge_profiled_fraction"]) == 0.5
 
 
+def test_edge_profiles_rows_follow_label_order_whatever_the_label_values():
+    # rows are the particles in increasing label order: gaps, a missing background and labels
+    # far above the pixel count (np.unique path of compact_labels) all give the same profiles
+    r1, r2, r3 = _disc(64, 0, (14, 14)), _disc(64, 0, (48, 20)), _disc(64, 0, (30, 48))
+    discs = [(r1 <= 6), (r2 <= 8), (r3 <= 7)]
+    prob = gauss.cdf((7 - np.minimum(np.minimum(r1, r2), r3)) / 1.2)
+    dense = sum((i + 1) * d for i, d in enumerate(discs)).astype(np.int64)
+    reference = edge_profiles(prob, dense)
+    for values in ((3, 9, 40), (5, 6, 10**9)):
+        sparse = sum(v * d for v, d in zip(values, discs)).astype(np.int64)
+        for a, b in zip(reference, edge_profiles(prob, sparse)):
+            np.testing.assert_array_equal(a, b)
+    no_background = dense + 1  # every pixel is a particle: nothing outside, no profiles
+    s, p, n = edge_profiles(prob, no_background)
+    assert s.shape[0] == 4 and np.isnan(s).all() and (n == 0).all()
+
+
 # ------------------------------------------------------------------ boundary F1, small recall
 
 

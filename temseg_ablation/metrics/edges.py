@@ -42,6 +42,8 @@ from scipy.interpolate import PchipInterpolator
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from .matching import compact_labels
+
 __all__ = [
     "boundary_pixels",
     "boundary_hits",
@@ -128,11 +130,7 @@ def edge_profiles(
     if radius_px <= 0 or bin_px <= 0:
         raise ValueError("metrics: radius_px and bin_px must be > 0")
     nb = int(np.ceil(2 * radius_px / bin_px))
-    uniq, inv = np.unique(lab.astype(np.int64, copy=False), return_inverse=True)
-    inv = inv.reshape(lab.shape)
-    if uniq[0] != 0:
-        inv = inv + 1  # no background label present: keep 0 free
-    k = int((uniq != 0).sum())
+    inv, k = compact_labels(lab.astype(np.int64, copy=False))
     empty = np.full((k, nb), np.nan), np.full((k, nb), np.nan), np.zeros((k, nb), np.int64)
     inside = inv > 0
     if k == 0 or inside.all():

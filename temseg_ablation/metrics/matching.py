@@ -13,7 +13,7 @@ import torch
 
 from ..data.components import label_components
 
-__all__ = ["MatchResult", "label_instances", "match_particles"]
+__all__ = ["MatchResult", "compact_labels", "label_instances", "match_particles"]
 
 # beyond this many (pred+1)*(true+1) cells the overlap table is built sparsely with np.unique
 _DENSE_OVERLAP_LIMIT = 4_000_000
@@ -35,12 +35,16 @@ def _float_vector(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).ravel()
 
 
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel nonzero labels to 1..n keeping 0 as background; returns (labels, n)."""
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel nonzero labels to 1..n in increasing order, 0 stays background; (int64 labels, n).
+
+    A lookup table from one ``bincount`` when the largest label is not far above the pixel
+    count (no sort: ``np.unique`` costs a full argsort per frame), else ``np.unique``.
+    """
     if labels.size == 0:
         return labels.astype(np.int64), 0
     if labels.min() < 0:
-        raise ValueError("particle_metrics: instance labels must be >= 0")
+        raise ValueError("metrics: instance labels must be >= 0")
     lab = labels.astype(np.int64, copy=False)
     top = int(lab.max())
     if top <= 4 * lab.size + 16:
@@ -157,7 +161,7 @@ def match_particles(
             raise TypeError(
                 f"particle_metrics: true_labels must be integer or bool, got {true.dtype}"
             )
-        tl, n_true = _compact(true)
+        tl, n_true = compact_labels(true)
 
     pred_area = np.bincount(pl.ravel(), minlength=n_pred + 1)[1:]
     true_area = np.bincount(tl.ravel(), minlength=n_true + 1)[1:]
