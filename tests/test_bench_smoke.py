@@ -119,6 +119,20 @@ def test_training_rows_compute_overhead_from_the_measured_rates():
     assert paper.group == "paper_loop" and paper.ratio == pytest.approx(1.2)
 
 
+def test_overhead_interval_brackets_the_overhead_and_narrows_with_more_steps():
+    g = np.random.default_rng(1)
+    bare_few = 1.0 + 0.1 * g.standard_normal(4)
+    bare_many = 1.0 + 0.1 * g.standard_normal(64)
+    lo4, hi4 = bench_training.overhead_interval(1.05 * bare_few + 0.02 * g.standard_normal(4), bare_few)
+    lo64, hi64 = bench_training.overhead_interval(
+        1.05 * bare_many + 0.02 * g.standard_normal(64), bare_many)
+    assert lo64 < 5.0 < hi64 and hi64 - lo64 < hi4 - lo4
+    # identical loops: no spread at all
+    assert bench_training.overhead_interval([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="two paired"):
+        bench_training.overhead_interval([1.0], [1.0])
+
+
 def test_a_stalled_step_is_dropped_from_every_loop_alike():
     fw, bare = [1.0, 1.1, 9.0, 1.0], [0.95, 1.0, 1.0, 1.0]  # step 2: another process stalled us
     keep = bench_training.quiet_steps(fw, bare)

@@ -20,7 +20,7 @@ from temseg_ablation.data.datamodule import (
     split_indices,
 )
 from temseg_ablation.data.sources import preprocess_store, synthetic_store
-from temseg_ablation.data.store import stable_hash
+from temseg_ablation.data.store import cached_store, stable_hash
 from temseg_ablation.data.transforms import augment_pair, normalise, random_crop_box, resize_labels
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -346,3 +346,21 @@ def test_blur_val_keeps_validation_in_the_training_domain(tmp_path):
     rev = _dm(tmp_path, blur_val=False, **kw)
     np.testing.assert_array_equal(rev.val_set[0]["image"][0].numpy(), raw.frame(v)[0])
     np.testing.assert_array_equal(rev.test_set[0]["image"][0].numpy(), blurred.frame(t)[0])
+
+
+def test_a_store_window_reads_exactly_that_part_of_the_frame(tmp_path):
+    g = np.random.default_rng(3)
+
+    def build(folder: Path) -> pd.DataFrame:
+        np.save(folder / "images_0.npy", g.random((2, 40, 56)).astype(np.float16))
+        np.save(folder / "labels_0.npy", g.integers(0, 5, (2, 40, 56)).astype(np.int32))
+        return pd.DataFrame({"experiment": [0, 0], "frame": [0, 1], "pixel_size_nm": [0.2, 0.3]})
+
+    store = cached_store(tmp_path, "t", {"n": 1}, build)
+    assert store.frame_shape(1) == (40, 56)
+    image, labels, px = store.frame(1)
+    win = (slice(5, 37), slice(20, 52))
+    wimage, wlabels, wpx = store.frame(1, win)
+    assert wimage.dtype == np.float32 and wimage.shape == (32, 32) and wpx == px == 0.3
+    np.testing.assert_array_equal(wimage, image[win])
+    np.testing.assert_array_equal(wlabels, labels[win])

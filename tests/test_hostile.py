@@ -237,7 +237,8 @@ def test_sigkill_of_the_parallel_launcher_stops_its_workers(tmp_path, subprocess
              timeout=150)
     statuses = {r.info.status for r in job_runs(client)}
     # marked as interrupted, resumable by a rerun
-    assert statuses == {"KILLED"}, f"{statuses}\n{log.read_text()[-6000:]}"
+    job_logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("outputs/**/main.log")))
+    assert statuses == {"KILLED"}, f"{statuses}\n{log.read_text()[-4000:]}\njob logs:\n{job_logs}"
     assert "launcher (pid" in log.read_text()
 
 

@@ -139,3 +139,37 @@ def test_the_watchdog_resends_until_the_job_takes_the_interrupt(tmp_path):
         time.sleep(0.1)
     # three interrupts reached the job, then none in the 2 s (6 resend periods) after it took one
     assert result.read_text() == "3"
+
+
+DEAF = textwrap.dedent("""
+    import logging, signal, subprocess, sys, time
+    if sys.argv[1] == "parent":
+        child = subprocess.Popen([sys.executable, __file__, "child", sys.argv[2]],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "watching"
+        sys.exit(0)
+    logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
+    from temseg_ablation.app.watchdog import die_with_parent
+    die_with_parent(poll_s=0.05, grace_s=1.5, resend_s=0.3)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts can no longer reach the job
+
+    def busy_somewhere_deaf():
+        while True:
+            time.sleep(0.01)
+
+    print("watching", flush=True)
+    busy_somewhere_deaf()
+""")
+
+
+def test_a_job_deaf_to_the_watchdog_is_stopped_hard_and_says_where_it_was(tmp_path):
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF)
+    log = tmp_path / "child.log"
+    subprocess.run([sys.executable, str(script), "parent", str(log)], check=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while "exiting hard" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the deaf process never gave up"
+        time.sleep(0.1)
+    text = log.read_text()
+    assert "did not stop within 2 s" in text and "busy_somewhere_deaf" in text

@@ -289,6 +289,22 @@ def quiet_steps(*loops: Sequence[float], factor: float = SPIKE_FACTOR) -> np.nda
     return keep
 
 
+def overhead_interval(fw: Sequence[float], bare: Sequence[float], *, n_boot: int = 2000,
+                      level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval (%) of the overhead ``sum(fw) / sum(bare) - 1``.
+
+    Steps are resampled in pairs (the loops are interleaved step by step), so the interval is
+    the spread a rerun under the same load would show from this many timed steps.
+    """
+    f, b = np.asarray(fw, dtype=float), np.asarray(bare, dtype=float)
+    if f.shape != b.shape or f.size < 2:
+        raise ValueError("need at least two paired timed steps")
+    idx = np.random.default_rng(seed).integers(0, f.size, size=(n_boot, f.size))
+    ratios = (f[idx].sum(axis=1) / b[idx].sum(axis=1) - 1.0) * 100.0
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def rows_from(result: dict[str, Any], max_overhead_pct: float = 5.0) -> list[Row]:
     """Table rows for one measurement: framework vs bare, and framework vs paper style if run."""
     spec: TrainSpec = result["spec"]
@@ -310,9 +326,13 @@ def rows_from(result: dict[str, Any], max_overhead_pct: float = 5.0) -> list[Row
     dropped = int((~keep).sum())
     noisy = (" (noisy machine)" if cv > 15.0 or abs(overhead - paired) > 5.0
              or dropped > len(keep) / 3 else "")
+    spread = ""
+    if int(keep.sum()) >= 2:
+        lo, hi = overhead_interval(fw_t[keep], bare_t[keep])
+        spread = f"; 90 % paired-bootstrap interval {lo:+.1f} to {hi:+.1f} %"
     steps = (f"{spec.warmup} warm-up + {spec.steps} timed steps, interleaved; {dropped} stalled "
              f"step(s) (> {SPIKE_FACTOR:g}x median) dropped from every loop, all steps: "
-             f"{all_pairs:+.1f} %; paired-median {paired:+.1f} %; bare-step CV {cv:.0f} %")
+             f"{all_pairs:+.1f} %; paired-median {paired:+.1f} %{spread}; bare-step CV {cv:.0f} %")
     rows = [Row(
         group="training", item=f"{label}: framework train step", value=fw, unit="img/s",
         base_name="bare loop", base_value=bare, derived=f"overhead {overhead:+.1f} %",

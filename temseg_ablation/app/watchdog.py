@@ -5,8 +5,10 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import sys
 import threading
 import time
+import traceback
 
 log = logging.getLogger("temseg_ablation")
 
@@ -44,7 +46,18 @@ def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0, resend_s: float 
         while not _taken.is_set() and time.monotonic() < deadline:
             _thread.interrupt_main()
             _taken.wait(resend_s)
+        if not _taken.is_set():
+            # the run stays RUNNING until the next run of the sweep marks it KILLED; where the
+            # main thread was tells why the interrupts had no effect
+            log.error("the job did not stop within %.0f s of the launcher's end; exiting hard. "
+                      "Main thread at:\n%s", grace_s, _main_stack())
         time.sleep(max(0.0, deadline - time.monotonic()))
         os._exit(1)
 
     threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
+def _main_stack() -> str:
+    """The main thread's current Python stack, innermost call last."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)"

@@ -67,13 +67,14 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         frame_index = self.indices[i % len(self.indices)]
-        image, labels, pixel_size = self.store.frame(frame_index)
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        window = None
         if self.crop_size is not None:
-            rows, cols = random_crop_box(image.shape, self.crop_size, rng) if self.train else (
-                _centre_box(image.shape, self.crop_size)
+            shape = self.store.frame_shape(frame_index)
+            window = random_crop_box(shape, self.crop_size, rng) if self.train else (
+                _centre_box(shape, self.crop_size)
             )
-            image, labels = image[rows, cols], labels[rows, cols]
+        image, labels, pixel_size = self.store.frame(frame_index, window)
         # Largest window the network's pooling accepts; the remainder is cut off the far edges.
         h = image.shape[0] // self.multiple * self.multiple
         w = image.shape[1] // self.multiple * self.multiple

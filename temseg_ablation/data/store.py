@@ -47,14 +47,28 @@ class FrameStore:
         """Total number of frames over all experiments."""
         return len(self.meta)
 
-    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Image (float32), instance labels and pixel size (nm) of global frame ``index``."""
+    def _where(self, index: int) -> tuple[int, int]:
         row = self.meta.iloc[index]
-        e, f = int(row["experiment"]), int(row["frame"])
+        return int(row["experiment"]), int(row["frame"])
+
+    def frame_shape(self, index: int) -> tuple[int, int]:
+        """(H, W) of global frame ``index``, read from the memory map without loading it."""
+        e, _ = self._where(index)
+        return tuple(self.images[e].shape[1:3])
+
+    def frame(self, index: int, window: tuple[slice, slice] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Image (float32), instance labels and pixel size (nm) of global frame ``index``.
+
+        ``window`` (rows, cols) reads only that part: a training crop then converts its own
+        pixels from the stored float16, not the whole frame's.
+        """
+        e, f = self._where(index)
+        rows, cols = window if window is not None else (slice(None), slice(None))
         return (
-            np.asarray(self.images[e][f], dtype=np.float32),
-            np.asarray(self.labels[e][f]),
-            float(row["pixel_size_nm"]),
+            np.asarray(self.images[e][f, rows, cols], dtype=np.float32),
+            np.asarray(self.labels[e][f, rows, cols]),
+            float(self.meta["pixel_size_nm"].iat[index]),
         )
 
 
