@@ -183,8 +183,8 @@ def test_edge_profiles_rows_follow_label_order_whatever_the_label_values():
     dense = sum((i + 1) * d for i, d in enumerate(discs)).astype(np.int64)
     reference = edge_profiles(prob, dense)
     for values in ((3, 9, 40), (5, 6, 10**9)):
-        sparse = sum(v * d for v, d in zip(values, discs)).astype(np.int64)
-        for a, b in zip(reference, edge_profiles(prob, sparse)):
+        sparse = sum(v * d for v, d in zip(values, discs, strict=True)).astype(np.int64)
+        for a, b in zip(reference, edge_profiles(prob, sparse), strict=True):
             np.testing.assert_array_equal(a, b)
     no_background = dense + 1  # every pixel is a particle: nothing outside, no profiles
     s, p, n = edge_profiles(prob, no_background)
