@@ -104,14 +104,18 @@ def test_a_run_interrupted_while_logging_can_still_be_marked_killed(tmp_path):
         assert len(tracker.client.get_metric_history(run_id, "epoch")) in (steps, steps + 1)
 
 
-WATCHED = textwrap.dedent("""
-    import subprocess, sys, time
+# run as "parent": start the same script as the watched child, then leave without a word once
+# it is watching, as a SIGKILLed launcher would
+ORPHANING_PARENT = textwrap.dedent("""
+    import logging, signal, subprocess, sys, time
     if sys.argv[1] == "parent":
-        # start the watched process, then leave without a word, as a SIGKILLed launcher would
         child = subprocess.Popen([sys.executable, __file__, "child", sys.argv[2]],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "watching"
         sys.exit(0)
+""")
+
+WATCHED = ORPHANING_PARENT + textwrap.dedent("""
     from temseg_ablation.app.watchdog import die_with_parent, interrupt_taken
     die_with_parent(poll_s=0.05, grace_s=20.0, resend_s=0.3)
     print("watching", flush=True)
@@ -141,13 +145,7 @@ def test_the_watchdog_resends_until_the_job_takes_the_interrupt(tmp_path):
     assert result.read_text() == "3"
 
 
-DEAF = textwrap.dedent("""
-    import logging, signal, subprocess, sys, time
-    if sys.argv[1] == "parent":
-        child = subprocess.Popen([sys.executable, __file__, "child", sys.argv[2]],
-                                 stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "watching"
-        sys.exit(0)
+DEAF = ORPHANING_PARENT + textwrap.dedent("""
     logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
     from temseg_ablation.app.watchdog import die_with_parent
     die_with_parent(poll_s=0.05, grace_s=1.5, resend_s=0.3)
