@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from temseg_ablation.app import CONFIG_DIR, quote_numeric_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sigint_handled():
+    """Python's own SIGINT handler, however pytest was started: a background start (`cmd &`)
+    ignores SIGINT, and the interrupt tests (and the app processes they start) need it."""
+    if not callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
 
 # Tiny, fast settings every training test starts from (still the real config and code path).
 TINY = [

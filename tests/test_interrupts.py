@@ -109,8 +109,10 @@ def test_a_run_interrupted_while_logging_can_still_be_marked_killed(tmp_path):
 ORPHANING_PARENT = textwrap.dedent("""
     import logging, signal, subprocess, sys, time
     if sys.argv[1] == "parent":
+        # "ignore-sigint": start the child as a shell starts a background job (`cmd &`)
+        deaf = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sys.argv[3:] else None
         child = subprocess.Popen([sys.executable, __file__, "child", sys.argv[2]],
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, text=True, preexec_fn=deaf)
         assert child.stdout.readline().strip() == "watching"
         sys.exit(0)
 """)
@@ -132,11 +134,15 @@ WATCHED = ORPHANING_PARENT + textwrap.dedent("""
 """)
 
 
-def test_the_watchdog_resends_until_the_job_takes_the_interrupt(tmp_path):
+@pytest.mark.parametrize("started", ["foreground", "in the background"])
+def test_the_watchdog_resends_until_the_job_takes_the_interrupt(tmp_path, started):
+    # in the background the child starts with SIGINT ignored, where interrupts reached nobody
     script = tmp_path / "watched.py"
     script.write_text(WATCHED)
     result = tmp_path / "caught.txt"
-    subprocess.run([sys.executable, str(script), "parent", str(result)], check=True, timeout=60)
+    extra = ["ignore-sigint"] if started != "foreground" else []
+    subprocess.run([sys.executable, str(script), "parent", str(result), *extra], check=True,
+                   timeout=60)
     deadline = time.monotonic() + 30
     while not result.exists() or not result.read_text():
         assert time.monotonic() < deadline, "the watched process never finished"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -36,6 +37,12 @@ def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0, resend_s: float 
     if _started_for == parent or parent == 1:
         return
     _started_for = parent
+    # interrupt_main() does nothing while SIGINT is ignored, and a worker inherits SIG_IGN from
+    # a sweep started in the background (`cmd &`, `nohup cmd &`): the job gets Python's own
+    # handler back, or the launcher's death would leave its run RUNNING
+    if (threading.current_thread() is threading.main_thread()
+            and not callable(signal.getsignal(signal.SIGINT))):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -49,8 +56,9 @@ def die_with_parent(poll_s: float = 1.0, grace_s: float = 60.0, resend_s: float 
         if not _taken.is_set():
             # the run stays RUNNING until the next run of the sweep marks it KILLED; where the
             # main thread was tells why the interrupts had no effect
-            log.error("the job did not stop within %.0f s of the launcher's end; exiting hard. "
-                      "Main thread at:\n%s", grace_s, _main_stack())
+            log.error("the job did not stop within %.0f s of the launcher's end; exiting hard "
+                      "(SIGINT handler %r). Main thread at:\n%s", grace_s,
+                      signal.getsignal(signal.SIGINT), _main_stack())
         time.sleep(max(0.0, deadline - time.monotonic()))
         os._exit(1)
 
