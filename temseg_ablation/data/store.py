@@ -48,8 +48,9 @@ class FrameStore:
         return len(self.meta)
 
     def _where(self, index: int) -> tuple[int, int]:
-        row = self.meta.iloc[index]
-        return int(row["experiment"]), int(row["frame"])
+        # column lookups: a crop asks twice per item (shape, then pixels), and iloc's row Series
+        # costs more than both
+        return int(self.meta["experiment"].iat[index]), int(self.meta["frame"].iat[index])
 
     def frame_shape(self, index: int) -> tuple[int, int]:
         """(H, W) of global frame ``index``, read from the memory map without loading it."""
