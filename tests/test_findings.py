@@ -83,6 +83,27 @@ def test_threshold_claim_pools_the_batch_norm_unets():
     assert "Pooled over batch-norm UNets (3 runs)" in md and "out of 3." in md
 
 
+def test_output_norm_table_and_its_section():
+    moved = {"out_norm_weight_0": 1.4, "out_norm_bias_0": 0.4, "out_norm_weight_1": 1.5,
+             "out_norm_bias_1": -0.4}
+    fresh = {"out_norm_weight_0": 1.0, "out_norm_bias_0": 0.0, "out_norm_weight_1": 1.0,
+             "out_norm_bias_1": 0.0}
+    runs = _runs({"moved": [{**_point(0.9, 0.9, 0.9, 0.8, f1o=0.9), **moved}] * 2,
+                  "fresh": [{**_point(0.5, 0.9, 0.9, 0.8, f1o=0.8), **fresh}] * 2,
+                  "plain": [_point(0.8, 0.8, 0.8, 0.8, f1o=0.7)]})
+    runs.loc[runs["variant"] == "plain", [c for c in runs if "out_norm" in c]] = np.nan
+    o = fd.output_norm_table(runs).set_index("variant")
+    assert list(o.index) == ["moved", "fresh"]  # no output norm: left out
+    assert o.loc["moved", "p_neutral mean"] == pytest.approx(1 / (1 + np.exp(0.8)))
+    assert o.loc["fresh", "p_neutral mean"] == pytest.approx(0.5)
+    assert o.loc["moved", "out_norm_weight_1 mean"] == pytest.approx(1.5)
+    c = fd.threshold_claim(runs)
+    md = fd.thresholds_markdown(fd.threshold_table(runs), c, out_norm=o.reset_index())
+    assert "output batch norm's learned scale and shift" in md and "+0.400" in md
+    assert "learned scale" not in fd.thresholds_markdown(fd.threshold_table(runs), c)
+    assert fd.output_norm_table(runs.drop(columns="final/val/out_norm_bias_1")).empty
+
+
 def test_threshold_claim_needs_the_fixed_threshold_metrics():
     runs = _runs({"a": [{"f1_otsu": 0.8}]})
     with pytest.raises(ValueError, match="recall_at_0.4"):

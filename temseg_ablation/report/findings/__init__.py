@@ -50,10 +50,12 @@ from .resolution import (
 )
 from .thresholds import (
     CURVE_VALUES,
+    OUT_NORM_KEYS,
     POOLED_ALL,
     POOLED_BN,
     cmd_thresholds,
     curve_stats,
+    output_norm_table,
     point_column,
     threshold_claim,
     threshold_table,
@@ -62,13 +64,14 @@ from .thresholds import (
 )
 
 __all__ = [
-    "CURVE_VALUES", "DIHEDRAL", "GEN_NAMES", "INTERPRETABILITY_JOBS", "NATIVE_NAMES", "POOLED_ALL",
-    "POOLED_BN", "SUBCOMMANDS", "AppJob", "Context", "JobOutcome", "app_command",
+    "CURVE_VALUES", "DIHEDRAL", "GEN_NAMES", "INTERPRETABILITY_JOBS", "NATIVE_NAMES",
+    "OUT_NORM_KEYS", "POOLED_ALL", "POOLED_BN", "SUBCOMMANDS", "AppJob", "Context", "JobOutcome", "app_command",
     "best_dihedral_correlation", "build_parser", "centre_surround", "cmd_generalisation",
     "cmd_interpretability", "cmd_resolution", "cmd_thresholds", "curve_stats",
     "default_tracking_uri", "finished_runs", "fmt_pm", "generalisation_markdown",
     "generalisation_table", "initial_kernels", "kernel_correlation", "kernel_stats",
     "kernels_figure", "line_profiles", "main", "md_table", "mean_sd", "native_scores",
+    "output_norm_table",
     "native_validation_frames", "pick_particles", "point_column", "profile_summary",
     "profiles_figure", "resolution_markdown", "resolution_summary", "sweep_parent_id",
     "sweep_runs", "threshold_claim", "threshold_table", "thresholds_figure",

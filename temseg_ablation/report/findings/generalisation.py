@@ -11,9 +11,11 @@ import pandas as pd
 from .context import Context, sweep_runs
 from .markdown import cell, fmt_pm, md_table, mean_sd, need_rows, ranked_groups
 
-#: Scores compared between validation and the held-out experiment.
-GEN_NAMES = ("f1_otsu", "f1_at_0.4", "edge_uncertainty", "particle_det_f1",
-             "particle_recall_0to2p5nm")
+#: Scores compared between validation and the held-out experiment: calibration-free edge
+#: measures (ramp width, boundary F1) rather than ``edge_uncertainty``, which counts background
+#: under an output batch norm, and small-particle recall by true size without frame-cut particles.
+GEN_NAMES = ("f1_otsu", "f1_at_0.4", "ramp_width_px", "boundary_f1_2px", "particle_det_f1",
+             "particle_recall_small")
 
 
 def generalisation_table(runs: pd.DataFrame, names: Sequence[str] = GEN_NAMES,

@@ -57,6 +57,42 @@ def threshold_table(runs: pd.DataFrame, split: str = "val", points: Sequence[flo
     return pd.DataFrame(rows)
 
 
+#: Learned affine parameters of the output batch norm, per class (``metrics.activation``).
+OUT_NORM_KEYS = ("out_norm_weight_0", "out_norm_bias_0", "out_norm_weight_1", "out_norm_bias_1")
+
+
+def output_norm_table(runs: pd.DataFrame, split: str = "val", by: str = "variant") -> pd.DataFrame:
+    """Per variant with an output batch norm: its learned scale and shift per class, and
+    ``p_neutral``, the particle probability of a pixel whose two logits sit at their batch means.
+
+    With batch norm after the output convolution the softmax input is ``w_c * z_c + b_c`` with
+    ``z_c`` standardised over the batch, so a pixel at ``z = 0`` gets
+    ``p_neutral = sigmoid(b_1 - b_0)``: the probability that a typical-looking pixel starts from,
+    which moves the useful thresholds. Columns ``variant``, ``n`` and ``<key> mean`` / ``sd``
+    (mean and sample s.d. over seeds) for each of :data:`OUT_NORM_KEYS` and ``p_neutral``.
+    Variants without the logged parameters (no output norm) are left out; empty if none has them.
+    """
+    need_rows(runs, by, "output_norm_table")
+    cols = [f"final/{split}/{k}" for k in OUT_NORM_KEYS]
+    if not set(cols) <= set(runs.columns):
+        return pd.DataFrame(columns=[by, "n"])
+    rows = []
+    for name in ranked_groups(runs, by, point_column(split, "f1", "otsu")):
+        sub = runs[runs[by].astype(str) == name]
+        vals = sub[cols].to_numpy(float)
+        keep = np.isfinite(vals).all(axis=1)
+        if not keep.any():
+            continue
+        vals = vals[keep]
+        row: dict[str, Any] = {by: name, "n": int(keep.sum())}
+        for k, v in zip(OUT_NORM_KEYS, vals.T, strict=True):
+            row[f"{k} mean"], row[f"{k} sd"], _ = mean_sd(v)
+        neutral = 1.0 / (1.0 + np.exp(-(vals[:, 3] - vals[:, 1])))
+        row["p_neutral mean"], row["p_neutral sd"], _ = mean_sd(neutral)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def threshold_claim(runs: pd.DataFrame, low: float = 0.4, high: float = 0.7, split: str = "val",
                     by: str = "variant", margin: float = EQUIVALENCE_MARGIN) -> pd.DataFrame:
     """Checks "``low`` gives better recall with essentially the same precision as ``high``".
@@ -179,8 +215,9 @@ def thresholds_figure(stats: pd.DataFrame, table: pd.DataFrame, path: str | Path
 
 def thresholds_markdown(table: pd.DataFrame, claim: pd.DataFrame, *, low: float = 0.4,
                         high: float = 0.7, margin: float = EQUIVALENCE_MARGIN, note: str = "",
-                        by: str = "variant") -> str:
-    """The ``thresholds`` report: scores at the fixed thresholds and at Otsu, then the claim check."""
+                        by: str = "variant", out_norm: pd.DataFrame | None = None) -> str:
+    """The ``thresholds`` report: scores at the fixed thresholds and at Otsu, the claim check, and
+    (when ``out_norm`` has rows, :func:`output_norm_table`) the output batch norm's parameters."""
     pts = [f"{low:.1f}", f"{high:.1f}", "otsu"]
     t = pd.DataFrame({by: table[by], "n": table["n"],
                       "mean Otsu t": [fmt_pm(m, s, 2) for m, s in
@@ -237,6 +274,28 @@ def thresholds_markdown(table: pd.DataFrame, claim: pd.DataFrame, *, low: float 
         f"{int(counts.get('does not hold', 0))} do not hold, "
         f"{int(counts.get('inconclusive', 0))} inconclusive out of {len(per_variant)}."
         + _pooled(POOLED_BN) + _pooled(POOLED_ALL),
+    ]
+    if out_norm is not None and len(out_norm):
+        o = pd.DataFrame({by: out_norm[by], "n": out_norm["n"]})
+        for k, label in zip((*OUT_NORM_KEYS, "p_neutral"),
+                            ("scale, background", "shift, background", "scale, particle",
+                             "shift, particle", "p at mean logits"), strict=True):
+            o[label] = [fmt_pm(m, s_, sign=k.startswith("out_norm_bias"))
+                        for m, s_ in zip(out_norm[f"{k} mean"], out_norm[f"{k} sd"], strict=True)]
+        lines += [
+            "",
+            "## The output batch norm's learned scale and shift",
+            "",
+            "Batch norm after the output convolution standardises each class's logit over the "
+            "batch and then applies a learned scale and shift (initialised to 1 and 0). A pixel "
+            "whose logits sit at their batch means gets particle probability "
+            "sigmoid(shift_particle - shift_background) (`p at mean logits`): the further the "
+            "shifts have moved from 0, the further typical background starts below 0.5, and the "
+            "more room a low threshold has before it admits background.",
+            "",
+            md_table(o),
+        ]
+    lines += [
         "",
         "Figures: `thresholds.png` (per variant: precision, recall, F1 versus threshold, ±1 s.d. "
         "band over seeds, black line at the mean Otsu threshold), `thresholds_f1.png` (F1 of all "
@@ -256,6 +315,7 @@ def cmd_thresholds(ctx: Context, sweep: str = "latest", low: float = 0.4, high: 
     runs, about = sweep_runs(ctx, sweep)
     table = threshold_table(runs, points=(low, high))
     claim = threshold_claim(runs, low, high, margin=margin)
+    out_norm = output_norm_table(runs)
     curves = load_curves(ctx.tracking_uri, runs["run_id"], "val", names=(*CURVE_VALUES, "f1_std"))
     ctx.out.mkdir(parents=True, exist_ok=True)
     files = ["thresholds.md", "thresholds.csv", "thresholds_claim.csv"]
@@ -269,9 +329,13 @@ def cmd_thresholds(ctx: Context, sweep: str = "latest", low: float = 0.4, high: 
         files += ["thresholds_curves.csv", "thresholds.png", "thresholds_f1.png"]
     table.to_csv(ctx.out / "thresholds.csv", index=False)
     claim.to_csv(ctx.out / "thresholds_claim.csv", index=False)
+    if len(out_norm):
+        out_norm.to_csv(ctx.out / "thresholds_out_norm.csv", index=False)
+        files.append("thresholds_out_norm.csv")
     note = f"Source: {about}, store `{ctx.tracking_uri}`."
     if not len(curves):
         note += " The runs have no logged threshold curves, so no figures were drawn."
-    md = thresholds_markdown(table, claim, low=low, high=high, margin=margin, note=note)
+    md = thresholds_markdown(table, claim, low=low, high=high, margin=margin, note=note,
+                             out_norm=out_norm)
     (ctx.out / "thresholds.md").write_text(md)
     return md
