@@ -17,7 +17,7 @@ MLFLOW_PORT ?= 5000
 PG_PORT ?= 5433
 SERVER_DIR ?= .server
 
-.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status findings findings-thresholds findings-generalisation findings-interpretability findings-resolution bench bench-quick bench-sweep realbench
+.PHONY: install test test-fast lint clean preview sweep reproduce-table1 ui ui-check magnification server server-stop server-status findings findings-thresholds findings-generalisation findings-interpretability findings-resolution bench bench-quick bench-sweep realbench realbench-selftrain
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -114,6 +114,12 @@ bench-sweep: install
 # SWEEP=<parent run id | latest>: score that sweep's networks instead, logging final/real/* to each run
 realbench: install
 	$(BIN)/python -m temseg_ablation.report.realbench $(if $(SWEEP),--sweep $(SWEEP))
+
+# Networks trained on the blob detector's labels of real frames (2 folds x SEEDS), each scored on
+# the fold it did not see, beside its teacher -> experiments/realbench/results_selftrain.md
+SELFTRAIN_SEEDS ?= 0,1
+realbench-selftrain: install
+	$(BIN)/python -m temseg_ablation.report.realbench_selftrain --seeds $(SELFTRAIN_SEEDS)
 
 # GPU throughput per execution mode and sweep projections -> experiments/bench/gpu.md (needs CUDA torch)
 bench-gpu:

@@ -184,6 +184,7 @@ class TEMDataModule(pl.LightningDataModule):
         images: Any = None,
         masks: Any = None,
         particles: str = "dark",
+        frame_pixel_size_nm: float | str | None = None,
         resolution: str = "crop",
         crop_size: int | None = 128,
         val_crop_size: int | None = None,
@@ -239,7 +240,9 @@ class TEMDataModule(pl.LightningDataModule):
                 )
         elif k["source"] == "folder":
             main = folder_store(self.cache_dir, k["images"], masks=k["masks"],
-                                particles=k["particles"], **common)
+                                particles=k["particles"],
+                                frame_pixel_size_nm=k["frame_pixel_size_nm"],
+                                pixel_size_nm=k["pixel_size_nm"], **common)
             held = None
         else:
             raise ValueError(f"unknown data source {k['source']!r}; use 'synthetic' or 'folder'")

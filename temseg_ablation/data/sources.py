@@ -19,21 +19,36 @@ from .transforms import gaussian_blur, normalise, resize_image, resize_labels
 log = logging.getLogger(__name__)
 
 
+#: ``data.labels`` modes: exact masks, the classical pipeline, or contrast-filtered LoG blobs.
+LABEL_MODES = ("truth", "pseudo", "blobs")
+
+
 def _labels_from(
     image: np.ndarray, truth: np.ndarray | None, mode: str, pseudo: dict[str, Any], particles: str,
-    pixel_size_nm: float | None = None,
+    pixel_size_nm: float | None = None, diameter_px: float | None = None,
 ) -> np.ndarray:
-    """Instance labels for one frame: the exact truth, or the classical pseudo-labels.
+    """Instance labels for one frame: the exact truth, the classical pseudo-labels, or blobs.
 
     Pseudo-label lengths may be given in nm (``sigma: 0.36nm``); they are converted with the
     frame's pixel size, or with an estimate of the particle scale when the frame has none.
+    ``blobs`` labels each particle found by :func:`data.blobs.contrast_blobs` as a disc (the
+    detector that scores best on the real HAADF benchmark), at ``diameter_px`` when the
+    typical particle size is known, else at the frame's scale estimate.
     """
     if mode == "truth":
         if truth is None:
             raise ValueError("labels=truth needs masks (data.masks) for folder data")
         return truth.astype(np.int32)
+    if mode == "blobs":
+        from .blobs import blob_labels, contrast_blobs
+        from .scale import estimate_particle_diameter_px
+
+        d = diameter_px if diameter_px and np.isfinite(diameter_px) else (
+            estimate_particle_diameter_px(image, particles).diameter_px)
+        bright = -image if particles == "dark" else image
+        return blob_labels(image.shape, contrast_blobs(bright, float(d)))
     if mode != "pseudo":
-        raise ValueError(f"unknown labels mode {mode!r}; use 'truth' or 'pseudo'")
+        raise ValueError(f"unknown labels mode {mode!r}; use one of {', '.join(LABEL_MODES)}")
     from .pseudolabel import PseudoLabelParams, pseudo_label_instances
 
     px = pixel_size_nm if pixel_size_nm and np.isfinite(pixel_size_nm) else None
@@ -115,9 +130,19 @@ def folder_store(
     labels: str = "pseudo",
     pseudo: dict[str, Any] | None = None,
     particles: str = "dark",
+    frame_pixel_size_nm: float | str | None = None,
+    pixel_size_nm: float = 0.18,
     progress: bool = True,
 ) -> FrameStore:
-    """Read (once) a user's frames, one experiment per file; bad files are reported and skipped."""
+    """Read (once) a user's frames, one experiment per file; bad files are reported and skipped.
+
+    With ``frame_pixel_size_nm`` (nm/px, or ``'auto'`` for a per-file scale estimate) every
+    file is resized to ``pixel_size_nm`` first (:mod:`.folder_scale`); without it frames keep
+    their own pixels. The scale's source and the estimate's confidence go to the store's meta
+    (``scale_source``, ``scale_confidence``, ``native_pixel_size_nm``); a low-confidence
+    estimate is logged as a warning naming the file.
+    """
+    from .folder_scale import folder_scale, rescale_frames, rescale_labels
     from .readers import ReadError, expand_inputs, read_frames, read_mask, to_dark_particles
 
     image_paths = expand_inputs(images if isinstance(images, list | tuple) else [images])
@@ -136,6 +161,9 @@ def folder_store(
         fingerprint += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in mask_paths]
     params = {"files": fingerprint, "labels": labels, "particles": particles,
               "pseudo": pseudo if labels == "pseudo" else None}
+    if frame_pixel_size_nm is not None:  # absent from older stores' keys, so they stay valid
+        params["scale"] = {"frame_pixel_size_nm": frame_pixel_size_nm,
+                           "pixel_size_nm": float(pixel_size_nm)}
 
     def build(folder: Path) -> pd.DataFrame:
         rows, failed, e = [], [], 0
@@ -150,21 +178,38 @@ def folder_store(
                         raise ReadError(mask_paths[i], f"mask shape does not match {path.name}")
                     truth = np.stack([connected_components(t > 0, connectivity=2) if t.max() <= 1
                                       else t for t in truth])
+                try:
+                    sc = folder_scale(dark[0], stack.pixel_size_nm, frame_pixel_size_nm,
+                                      pixel_size_nm, particles="dark")
+                except ValueError as err:
+                    raise ReadError(path, str(err)) from None
             except ReadError as err:
                 failed.append(str(err))
                 log.warning("skipping %s", err)
                 continue
+            if sc.source == "estimate" and sc.confidence == "low":
+                log.warning("%s: particle scale estimated with low confidence (%.1f px); "
+                            "give data.frame_pixel_size_nm if it looks wrong", path, sc.diameter_px)
+            dark = rescale_frames(np.asarray(dark, dtype=np.float32), sc.zoom)
+            if truth is not None:
+                truth = rescale_labels(truth, sc.zoom)
+            pixel = pixel_size_nm if sc.zoom != 1.0 or sc.source in ("user", "estimate") else (
+                sc.pixel_size_nm)
+            diameter = sc.diameter_px * sc.zoom if sc.source == "estimate" else None
             norm = np.stack([normalise(im) for im in dark])
             labs = np.stack([
                 _labels_from(norm[k], None if truth is None else truth[k], labels, pseudo, "dark",
-                             stack.pixel_size_nm)
+                             pixel, diameter)
                 for k in range(len(norm))
             ])
             save_experiment(folder, e, norm, labs)
             for k in range(len(norm)):
                 rows.append({"experiment": e, "frame": k, "time_s": float(k),
-                             "pixel_size_nm": stack.pixel_size_nm or float("nan"),
-                             "source": str(path)})
+                             "pixel_size_nm": pixel if pixel and np.isfinite(pixel)
+                             else float("nan"),
+                             "source": str(path), "scale_source": sc.source,
+                             "scale_confidence": sc.confidence,
+                             "native_pixel_size_nm": sc.pixel_size_nm})
             e += 1
         if failed:
             (folder / "failed.txt").write_text("\n".join(failed) + "\n")
